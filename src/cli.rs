@@ -1,0 +1,101 @@
+//! Command line (SPEC §2). Exit codes: 0 success, 1 a failed check or a
+//! fatal error, 2 usage error (clap's own).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "byokpg",
+    version,
+    about = "Transparent encrypting PostgreSQL proxy with customer-managed keys"
+)]
+struct Cli {
+    /// Config file (default: $BYOKPG_CONFIG, else config/byokpg.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Serve,
+    /// Validate the config and check every region database.
+    Check {
+        /// Also test every tenant's KMS key.
+        #[arg(long)]
+        kms: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let path = config::resolve_path(cli.config.as_deref());
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(&path),
+        Command::Check { kms } => match tokio_runtime(None) {
+            Ok(_rt) => {
+                let _ = kms;
+                ExitCode::from(1)
+            }
+            Err(code) => code,
+        },
+    }
+}
+
+fn serve(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio_runtime(cfg.server.workers) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::server::serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.build().map_err(|e| {
+        eprintln!("byokpg: cannot start the async runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
+/// `tracing` to stderr; JSON lines with `BYOKPG_LOG_FORMAT=json`; level from
+/// `RUST_LOG` (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("BYOKPG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

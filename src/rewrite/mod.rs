@@ -1,0 +1,66 @@
+//! Deciding what a statement touches and what to do about it.
+//!
+//! `classify` is the cheap prefilter every statement goes through; only
+//! statements it flags reach `plan`, which is where parsing and rewriting
+//! live. A plan is attached to a prepared statement once, at Parse time.
+
+pub mod classify;
+
+pub use classify::Classifier;
+
+use crate::protocol::PgError;
+
+/// What the session does with a statement the classifier flagged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Refuse with this error; nothing of the statement reaches the database.
+    Refuse(PgError),
+}
+
+/// Plan a statement that may touch the protected tables in `hits`.
+///
+/// This build does not encrypt yet, so the only safe answer for a statement
+/// on a protected table is to refuse it (fail closed): relaying it would put
+/// plaintext into, or return stored values out of, a protected column.
+pub fn plan(hits: &[String]) -> Plan {
+    let tables = hits.join(", ");
+    Plan::Refuse(
+        PgError::not_supported(format!(
+            "byokpg: statement touches protected table(s) {tables}; column encryption is not enabled in this build, so byokpg refuses it rather than store or return unencrypted values"
+        ))
+        .with_hint("remove the table from the [[table]] policy to relay it unencrypted, or upgrade byokpg"),
+    )
+}
+
+/// Protected columns by (table OID, attnum), as resolved from the catalog.
+/// The RowDescription hook marks result columns found here. Empty means no
+/// result column can be protected, and RowDescriptions are not even decoded.
+#[derive(Debug, Default, Clone)]
+pub struct ProtectedColumns {
+    by_attr: std::collections::HashMap<(u32, i16), usize>,
+}
+
+impl ProtectedColumns {
+    pub fn insert(&mut self, table_oid: u32, attnum: i16, column: usize) {
+        self.by_attr.insert((table_oid, attnum), column);
+    }
+
+    pub fn get(&self, table_oid: u32, attnum: i16) -> Option<usize> {
+        self.by_attr.get(&(table_oid, attnum)).copied()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_attr.is_empty()
+    }
+}
+
+/// Rewrites one DataRow whose result shape has marked columns (decryption).
+pub trait RowHook: Send + Sync {
+    /// Append the rewritten `DataRow` frame for `body` to `out`.
+    fn rewrite_row(
+        &self,
+        marks: &crate::session::registry::RowMarks,
+        body: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<(), PgError>;
+}
