@@ -127,7 +127,9 @@ async fn region_problems(cfg: &Config) -> Vec<(String, String)> {
                 let place = format!("region {name} ({})", dsn.redacted());
                 match table_problems(&client, t, i, &place).await {
                     Ok(mut p) => out.append(&mut p),
-                    Err(e) => out.push((key.clone(), format!("{place}: catalog query failed: {e}"))),
+                    Err(e) => {
+                        out.push((key.clone(), format!("{place}: catalog query failed: {e}")));
+                    }
                 }
             }
             out
@@ -173,7 +175,9 @@ async fn table_problems(
     place: &str,
 ) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
     let base = format!("table[{index}]");
-    let rows = client.query(COLUMNS_SQL, &[&t.schema(), &t.table()]).await?;
+    let rows = client
+        .query(COLUMNS_SQL, &[&t.schema(), &t.table()])
+        .await?;
     let qualified = t.qualified();
     let Some(first) = rows.first() else {
         return Ok(vec![(
@@ -196,7 +200,10 @@ async fn table_problems(
         )]);
     }
     let mut columns = std::collections::BTreeMap::new();
-    for row in rows.iter().filter(|r| r.get::<_, Option<String>>(1).is_some()) {
+    for row in rows
+        .iter()
+        .filter(|r| r.get::<_, Option<String>>(1).is_some())
+    {
         columns.insert(
             row.get::<_, String>(1),
             Column {
@@ -270,7 +277,9 @@ fn kms_problems(cfg: &Config, r: &mut Reporter<'_>) {
         }
     }
     for (tenant, t) in &cfg.tenants {
-        let Some(k) = cfg.kms.get(&t.kms) else { continue };
+        let Some(k) = cfg.kms.get(&t.kms) else {
+            continue;
+        };
         if k.provider != KmsProvider::Local {
             r.at(
                 &format!("tenants.{tenant}.kms"),
@@ -304,15 +313,23 @@ mod tests {
     async fn reports_wrong_types_and_missing_objects() {
         let db = format!("byokpg_check_{}", std::process::id());
         let pg = admin().await;
-        pg.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}"))
+        pg.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
             .await
             .unwrap();
-        let (scratch, conn) = tokio_postgres::connect(&format!("host=127.0.0.1 user=postgres dbname={db}"), tokio_postgres::NoTls)
+        pg.batch_execute(&format!("CREATE DATABASE {db}"))
             .await
             .unwrap();
+        let (scratch, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 user=postgres dbname={db}"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
         tokio::spawn(conn);
         scratch
-            .batch_execute("CREATE TABLE t (n int, a text, b bytea, v varchar(10), u varchar, tenant_id text)")
+            .batch_execute(
+                "CREATE TABLE t (n int, a text, b bytea, v varchar(10), u varchar, tenant_id text); CREATE TABLE audit (x text)",
+            )
             .await
             .unwrap();
         drop(scratch);
@@ -334,18 +351,76 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
 
         let problems = check(&path, true).await.unwrap_err();
-        pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)")).await.unwrap();
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        let has = |key: &str, msg: &str| shown.iter().any(|s| s.contains(&format!(": {key}: ")) && s.contains(msg));
+        let has = |key: &str, msg: &str| {
+            shown
+                .iter()
+                .any(|s| s.contains(&format!(": {key}: ")) && s.contains(msg))
+        };
         assert!(has("table[0].columns.n", "type integer"), "{shown:#?}");
-        assert!(has("table[0].columns.v", "type character varying(10)"), "{shown:#?}");
-        assert!(has("table[0].columns.missing", "does not exist"), "{shown:#?}");
-        assert!(has("table[1].name", "table public.nope does not exist"), "{shown:#?}");
+        assert!(
+            has("table[0].columns.v", "type character varying(10)"),
+            "{shown:#?}"
+        );
+        assert!(
+            has("table[0].columns.missing", "does not exist"),
+            "{shown:#?}"
+        );
+        assert!(
+            has("table[1].name", "table public.nope does not exist"),
+            "{shown:#?}"
+        );
         assert!(has("kms.dev.key_file", "64 hex"), "{shown:#?}");
-        assert!(has("tenants.acme.kms", "not available in this build"), "{shown:#?}");
-        assert!(!shown.iter().any(|s| s.contains("columns.a:") || s.contains("columns.b:") || s.contains("columns.u:")), "{shown:#?}");
+        assert!(
+            has("tenants.acme.kms", "not available in this build"),
+            "{shown:#?}"
+        );
+        assert!(
+            !shown.iter().any(|s| s.contains("columns.a:")
+                || s.contains("columns.b:")
+                || s.contains("columns.u:")),
+            "{shown:#?}"
+        );
         let n_line = 1 + text.lines().position(|l| l.starts_with("n = ")).unwrap();
-        assert!(shown.iter().any(|s| s.contains(&format!(":{n_line}: table[0].columns.n:"))), "{shown:#?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains(&format!(":{n_line}: table[0].columns.n:"))),
+            "{shown:#?}"
+        );
         assert_eq!(shown.len(), 6, "{shown:#?}");
+
+        // The same database with a policy that fits: exit 0 with a summary.
+        std::fs::write(&key, "ab".repeat(32)).unwrap();
+        let good = text
+            .replace("kms = \"v\"", "kms = \"dev\"")
+            .replace("n = \"randomized\"\n", "")
+            .replace("v = \"deterministic\"\n", "")
+            .replace("missing = \"randomized\"\n", "")
+            .replace("name = \"nope\"", "name = \"Audit\"");
+        std::fs::write(&path, &good).unwrap();
+        let summary = check(&path, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#?}"));
+        assert!(
+            summary.contains("1 region(s) reachable, 2 table policies"),
+            "{summary}"
+        );
+
+        // An unreachable region is reported at its dsn.
+        std::fs::write(&path, good.replace(":5432/", ":1/")).unwrap();
+        let problems = check(&path, false).await.unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(
+            (problems[0].key.as_str(), problems[0].line),
+            ("regions.us.dsn", Some(4))
+        );
+        assert!(
+            problems[0].message.contains("cannot connect"),
+            "{problems:#?}"
+        );
+        pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+            .await
+            .unwrap();
     }
 }

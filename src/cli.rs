@@ -32,6 +32,20 @@ enum Command {
         #[arg(long)]
         kms: bool,
     },
+    /// First run on one machine: three region databases on a local
+    /// PostgreSQL, a demo config with the local KMS, then the proxy.
+    Demo {
+        /// Admin connection to the local PostgreSQL.
+        #[arg(
+            long,
+            value_name = "DSN",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg: String,
+        /// Port the proxy listens on (admin API on port + 3498).
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +61,24 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Demo { pg, port } => demo(&crate::demo::DemoOptions { pg, port }),
+    }
+}
+
+fn demo(opts: &crate::demo::DemoOptions) -> ExitCode {
+    let prepared = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt.block_on(crate::demo::prepare(opts)),
+        Err(code) => return code,
+    };
+    match prepared {
+        Ok(path) => {
+            println!("{}", crate::demo::banner(opts.port));
+            serve(&path)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 

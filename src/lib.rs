@@ -7,9 +7,12 @@
 
 pub mod admin;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod metrics;
+pub mod pgmeta;
 pub mod protocol;
 pub mod rewrite;
 pub mod server;

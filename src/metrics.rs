@@ -43,7 +43,9 @@ pub mod names {
 
 /// Reasons accepted by [`connection_refused`]; a fixed set keeps the label
 /// cardinality bounded.
-pub const REFUSAL_REASONS: [&str; 6] = ["limit", "auth", "tenant", "tls", "protocol", "shutdown"];
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "limit", "auth", "tenant", "tls", "protocol", "shutdown", "region",
+];
 
 /// Encryption modes used as the `mode` label of encrypt/decrypt counters.
 pub const MODES: [&str; 2] = ["randomized", "deterministic"];

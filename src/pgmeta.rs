@@ -8,12 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, NoTls, Socket};
@@ -113,7 +115,9 @@ pub async fn connect(dsn: &Dsn, timeout: Duration) -> Result<Client, PgMetaError
             Err(PgMetaError::Connect { ref source, .. })
                 if mode == PgSslMode::Prefer && source.as_db_error().is_none() =>
             {
-                open(dsn, PgSslMode::Disable, NoTls, timeout).await.or(first)
+                open(dsn, PgSslMode::Disable, NoTls, timeout)
+                    .await
+                    .or(first)
             }
             other => other,
         }
@@ -135,10 +139,13 @@ where
 {
     let mut cfg = dsn.pg_config();
     cfg.ssl_mode(mode).connect_timeout(timeout);
-    let (client, connection) = cfg.connect(tls).await.map_err(|source| PgMetaError::Connect {
-        target: dsn.redacted(),
-        source,
-    })?;
+    let (client, connection) = cfg
+        .connect(tls)
+        .await
+        .map_err(|source| PgMetaError::Connect {
+            target: dsn.redacted(),
+            source,
+        })?;
     let target = dsn.redacted();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -234,5 +241,113 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dsn(s: &str) -> Dsn {
+        Dsn::parse(s).unwrap()
+    }
+
+    const HINT: &str = "PostgreSQL is needed at 127.0.0.1:5432 (trust, user postgres, ssl on); start it with `pg_ctlcluster 15 main start`";
+
+    async fn uses_tls(client: &Client) -> bool {
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    }
+
+    #[test]
+    fn tls_config_per_sslmode() {
+        assert!(
+            client_tls_config(&dsn("postgres://u@h?sslmode=disable"))
+                .unwrap()
+                .is_none()
+        );
+        for mode in ["allow", "prefer", "require"] {
+            let d = dsn(&format!("postgres://u@h?sslmode={mode}"));
+            assert!(client_tls_config(&d).unwrap().is_some(), "{mode}");
+        }
+        let e = client_tls_config(&dsn("postgres://u:pw@h?sslmode=verify-full")).unwrap_err();
+        assert!(e.to_string().contains("needs sslrootcert"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let bad = dir.path().join("junk.pem");
+        std::fs::write(&bad, "not a certificate").unwrap();
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let d = dsn(&format!(
+                "postgres://u@h?sslmode={mode}&sslrootcert={}",
+                good.display()
+            ));
+            assert!(client_tls_config(&d).unwrap().is_some(), "{mode}");
+        }
+        let d = dsn(&format!(
+            "postgres://u:pw@h?sslmode=verify-ca&sslrootcert={}",
+            bad.display()
+        ));
+        let e = client_tls_config(&d).unwrap_err().to_string();
+        assert!(e.contains("no usable CA certificate"), "{e}");
+        assert!(!e.contains(":pw@"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn connects_with_and_without_tls() {
+        let t = Duration::from_secs(10);
+        let plain = connect(
+            &dsn("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"),
+            t,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{HINT}: {e}"));
+        assert!(!uses_tls(&plain).await);
+        for mode in ["prefer", "require"] {
+            let d = dsn(&format!(
+                "postgres://postgres@127.0.0.1:5432/postgres?sslmode={mode}"
+            ));
+            let c = connect(&d, t)
+                .await
+                .unwrap_or_else(|e| panic!("{HINT}: {e}"));
+            assert!(
+                uses_tls(&c).await,
+                "{mode} should use TLS (server has ssl = on)"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_do_not_show_the_password() {
+        let t = Duration::from_secs(10);
+        let d = dsn(
+            "postgres://no_such_role_xyz:Hunter2Secret@127.0.0.1:5432/postgres?sslmode=disable",
+        );
+        let e = connect(&d, t).await.unwrap_err().to_string();
+        assert!(
+            e.contains("no_such_role_xyz") && !e.contains("Hunter2Secret"),
+            "{e}"
+        );
+
+        // verify-full against a CA that did not sign the server's certificate.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["other-ca.test".to_owned()]).unwrap();
+        let root = dir.path().join("ca.pem");
+        std::fs::write(&root, ca.cert.pem()).unwrap();
+        let d = dsn(&format!(
+            "postgres://postgres:Hunter2Secret@127.0.0.1:5432/postgres?sslmode=verify-full&sslrootcert={}",
+            root.display()
+        ));
+        let e = connect(&d, t).await.unwrap_err().to_string();
+        assert!(!e.contains("Hunter2Secret"), "{e}");
+        assert!(e.contains("postgres:***@127.0.0.1"), "{e}");
     }
 }

@@ -90,7 +90,12 @@ fn tls_proxy(builder: ProxyBuilder) -> (Proxy, TestPki, tempfile::TempDir) {
 #[tokio::test]
 async fn tokio_postgres_over_tls_with_scram() {
     let (proxy, pki, _dir) = tls_proxy(Proxy::builder().scram().tls_mode("prefer"));
-    let dsn = proxy.dsn_with("acme_app", "acme_app-pw", None, &[("sslmode", "require")]);
+    let dsn = proxy.dsn_with(
+        "acme_app",
+        &proxy.password("acme_app"),
+        None,
+        &[("sslmode", "require")],
+    );
     let client = match connect_tls(&dsn, &pki.ca_der).await {
         Ok(c) => c,
         Err(e) => panic!("TLS connect failed: {e:?}"),
@@ -116,7 +121,12 @@ async fn tokio_postgres_over_tls_with_scram() {
 #[test]
 fn psql_sslmode_require_and_verify_full() {
     let (proxy, pki, _dir) = tls_proxy(Proxy::builder().scram());
-    let require = proxy.dsn_with("acme_app", "acme_app-pw", None, &[("sslmode", "require")]);
+    let require = proxy.dsn_with(
+        "acme_app",
+        &proxy.password("acme_app"),
+        None,
+        &[("sslmode", "require")],
+    );
     let out = proxy.psql(&require, &["-c", "select 'tls ok'", "-c", "\\conninfo"]);
     let stdout = assert_success("psql sslmode=require", &out);
     assert!(stdout.contains("tls ok"), "{stdout}");
@@ -128,7 +138,7 @@ fn psql_sslmode_require_and_verify_full() {
     let ca = pki.ca_pem.to_string_lossy().into_owned();
     let verify = proxy.dsn_with(
         "acme_app",
-        "acme_app-pw",
+        &proxy.password("acme_app"),
         None,
         &[("sslmode", "verify-full"), ("sslrootcert", &ca)],
     );
@@ -150,10 +160,18 @@ async fn tls_mode_require_refuses_plaintext() {
             }
         }
     }
-    let out = proxy.psql(&proxy.dsn("globex_app", "x", None), &["-c", "select 1"]);
+    let out = proxy.psql(
+        &proxy.dsn("globex_app", "trust-auth-ignores-this", None),
+        &["-c", "select 1"],
+    );
     assert!(!out.status.success(), "psql without TLS was accepted");
     // TLS clients are still served.
-    let dsn = proxy.dsn_with("globex_app", "x", None, &[("sslmode", "require")]);
+    let dsn = proxy.dsn_with(
+        "globex_app",
+        "trust-auth-ignores-this",
+        None,
+        &[("sslmode", "require")],
+    );
     let client = connect_tls(&dsn, &pki.ca_der).await.unwrap();
     client.simple_query("select 1").await.unwrap();
 }

@@ -1,11 +1,11 @@
-//! PostgreSQL identifier rules for the names a policy uses.
+//! `PostgreSQL` identifier rules for the names a policy uses.
 //!
 //! The policy must name exactly what the catalog holds, so names are folded
 //! the way the server folds them: an unquoted identifier becomes lower case
-//! (ASCII only, like PostgreSQL with a UTF-8 database), a double-quoted one
+//! (ASCII only, like `PostgreSQL` with a `UTF-8` database), a double-quoted one
 //! is kept as is with `""` meaning one `"`.
 
-/// PostgreSQL silently truncates longer names (NAMEDATALEN - 1).
+/// `PostgreSQL` silently truncates longer names (`NAMEDATALEN` - 1).
 const MAX_IDENT_BYTES: usize = 63;
 
 /// Splits a possibly qualified name (`schema.table`, `"My Schema"."T"`)

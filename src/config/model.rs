@@ -67,7 +67,7 @@ pub enum AuthMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
-    /// `disable`: SSLRequest is answered with `N`.
+    /// `disable`: `SSLRequest` is answered with `N`.
     Disable,
     /// `prefer` (default): TLS when a certificate is configured and the client asks.
     #[default]
@@ -82,7 +82,7 @@ pub enum TlsMode {
 pub struct ServerConfig {
     /// `auth`: `scram-sha-256` (default) or `trust`.
     pub auth: AuthMethod,
-    /// `listen`: address for PostgreSQL clients. Default `127.0.0.1:6432`.
+    /// `listen`: address for `PostgreSQL` clients. Default `127.0.0.1:6432`.
     pub listen: String,
     /// `admin_listen`: address for /metrics, /healthz, /readyz and the admin
     /// API. Default `127.0.0.1:9930`; `""` turns the admin listener off.
@@ -179,7 +179,7 @@ pub struct TenantConfig {
 }
 
 fn default_dek_ttl() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 
 fn default_sample() -> f64 {
@@ -198,7 +198,7 @@ pub enum KmsProvider {
     /// `azure-keyvault`
     #[serde(rename = "azure-keyvault")]
     AzureKeyVault,
-    /// `vault-transit` (HashiCorp Vault or OpenBao)
+    /// `vault-transit` (`HashiCorp` Vault or `OpenBao`)
     #[serde(rename = "vault-transit")]
     VaultTransit,
     /// `local`: a key file on disk (development only)
@@ -239,23 +239,23 @@ pub struct KmsConfig {
     /// `external_id` (aws-kms): external id for the assumed role. Default: none.
     #[serde(default)]
     pub external_id: Option<String>,
-    /// `address` (vault-transit): Vault/OpenBao base URL. Required for vault-transit.
+    /// `address` (vault-transit): Vault/`OpenBao` base URL. Required for vault-transit.
     #[serde(default)]
     pub address: Option<String>,
     /// `token` (vault-transit): Vault token. Either this or `role_id` + `secret_id`.
     #[serde(default)]
     pub token: Option<Secret>,
-    /// `role_id` (vault-transit): AppRole role id. Default: none.
+    /// `role_id` (vault-transit): `AppRole` role id. Default: none.
     #[serde(default)]
     pub role_id: Option<String>,
-    /// `secret_id` (vault-transit): AppRole secret id. Default: none.
+    /// `secret_id` (vault-transit): `AppRole` secret id. Default: none.
     #[serde(default)]
     pub secret_id: Option<Secret>,
     /// `mount` (vault-transit): Transit mount path. Default `"transit"`
     /// (see [`KmsConfig::transit_mount`]).
     #[serde(default)]
     pub mount: Option<String>,
-    /// `namespace` (vault-transit): Vault Enterprise / OpenBao namespace. Default: none.
+    /// `namespace` (vault-transit): Vault Enterprise / `OpenBao` namespace. Default: none.
     #[serde(default)]
     pub namespace: Option<String>,
     /// `credentials_file` (gcp-kms): service-account JSON. Default: Google
@@ -321,7 +321,7 @@ pub enum ColumnMode {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
-    /// `name`: `table` or `schema.table`, PostgreSQL identifier rules
+    /// `name`: `table` or `schema.table`, `PostgreSQL` identifier rules
     /// (unquoted folded to lower case). Required. Default schema `public`.
     pub name: String,
     /// `tenant_column`: column byokpg fills/checks with the tenant. Default: none.
@@ -362,7 +362,7 @@ fn default_row_hash() -> String {
 }
 
 impl TableConfig {
-    /// Schema, folded per PostgreSQL rules; `public` when not given.
+    /// Schema, folded per `PostgreSQL` rules; `public` when not given.
     pub fn schema(&self) -> String {
         match ident::split_qualified(&self.name) {
             Ok(parts) if parts.len() == 2 => parts[0].clone(),
@@ -370,7 +370,7 @@ impl TableConfig {
         }
     }
 
-    /// Table name, folded per PostgreSQL rules.
+    /// Table name, folded per `PostgreSQL` rules.
     pub fn table(&self) -> String {
         match ident::split_qualified(&self.name) {
             Ok(mut parts) if !parts.is_empty() => parts.pop().unwrap_or_default(),
@@ -385,13 +385,11 @@ impl TableConfig {
 
     /// The three chain column names, when `hash_chain` is on.
     pub fn chain_columns(&self) -> Option<[&str; 3]> {
-        self.hash_chain.then(|| {
-            [
-                self.chain_seq_column.as_str(),
-                self.prev_hash_column.as_str(),
-                self.row_hash_column.as_str(),
-            ]
-        })
+        self.hash_chain.then_some([
+            self.chain_seq_column.as_str(),
+            self.prev_hash_column.as_str(),
+            self.row_hash_column.as_str(),
+        ])
     }
 }
 

@@ -128,7 +128,7 @@ fn build(root: &Table, file: &Path, p: &mut Problems<'_>) -> (Config, Origins) {
         tables: Vec::new(),
         audit: AuditConfig::default(),
     };
-    for (name, item) in root.iter() {
+    for (name, item) in root {
         match name {
             "server" => cfg.server = one(item, "server", p).unwrap_or_default(),
             "audit" => cfg.audit = one(item, "audit", p).unwrap_or_default(),
@@ -168,18 +168,60 @@ fn build(root: &Table, file: &Path, p: &mut Problems<'_>) -> (Config, Origins) {
     (cfg, origins)
 }
 
+/// Deserializes one entry. serde stops at the first error, so after each
+/// error the offending key is dropped and the entry tried again: an unknown
+/// key does not hide a bad value beside it. What is left is returned so the
+/// cross-field checks still see it (the file is refused anyway).
 fn one<T: DeserializeOwned>(item: &Item, path: &str, p: &mut Problems<'_>) -> Option<T> {
-    let value = match item.clone().into_value() {
-        Ok(v) => v,
-        Err(_) => return None,
-    };
-    match T::deserialize(value.into_deserializer()) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            p.serde(path, &e);
-            None
+    let mut item = item.clone();
+    let mut removed: Vec<String> = Vec::new();
+    // Each round removes one key, so this ends; the bound is a backstop.
+    for _ in 0..256 {
+        let value = item.clone().into_value().ok()?;
+        let err = match T::deserialize(value.into_deserializer()) {
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let missing = err
+            .message()
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
+        if missing.is_some_and(|f| removed.iter().any(|r| r == f)) {
+            return None; // already reported under its own key
+        }
+        p.serde(path, &err);
+        let offset = err.span()?.start;
+        let key_path = deepest_key(item.as_table_like()?, offset)?;
+        removed.push(remove_path(&mut item, &key_path)?);
+    }
+    None
+}
+
+/// Key path (within one entry) of the deepest key whose key or value
+/// contains `offset`.
+fn deepest_key(table: &dyn toml_edit::TableLike, offset: usize) -> Option<Vec<String>> {
+    let hit = |r: Option<std::ops::Range<usize>>| r.is_some_and(|r| r.contains(&offset));
+    for (name, child) in table.iter() {
+        if let Some(mut deeper) = child.as_table_like().and_then(|t| deepest_key(t, offset)) {
+            deeper.insert(0, name.to_owned());
+            return Some(deeper);
+        }
+        if hit(child.span()) || hit(table.key(name).and_then(toml_edit::Key::span)) {
+            return Some(vec![name.to_owned()]);
         }
     }
+    None
+}
+
+/// Removes the key at `path` and returns its name.
+fn remove_path(item: &mut Item, path: &[String]) -> Option<String> {
+    let (last, parents) = path.split_last()?;
+    let mut cur = item;
+    for name in parents {
+        cur = cur.as_table_like_mut()?.get_mut(name)?;
+    }
+    cur.as_table_like_mut()?.remove(last)?;
+    Some(last.clone())
 }
 
 /// `[[users]]` / `[[table]]` (or an inline array of tables), each with its
@@ -222,7 +264,7 @@ fn named<T: DeserializeOwned>(
         .collect()
 }
 
-/// Folds column names the way PostgreSQL does, so the policy names exactly
+/// Folds column names the way `PostgreSQL` does, so the policy names exactly
 /// what the catalog holds. Two spellings of one column are a problem.
 fn normalize_tables(tables: &mut [TableConfig], origins: &mut [TableOrigin], p: &mut Problems<'_>) {
     for (t, origin) in tables.iter_mut().zip(origins) {

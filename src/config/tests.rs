@@ -40,7 +40,11 @@ fn errors(text: &str) -> Vec<ConfigError> {
 }
 
 fn render(errs: &[ConfigError]) -> String {
-    errs.iter().map(|e| format!("{e}\n")).collect()
+    errs.iter().fold(String::new(), |mut out, e| {
+        out.push_str(&e.to_string());
+        out.push('\n');
+        out
+    })
 }
 
 /// 1-based line of the first line containing `needle`.
@@ -187,7 +191,7 @@ fn spec_example_parses() {
     assert_eq!(c.kms["dev"].timeout, Duration::from_secs(5));
     assert_eq!(c.kms["dev"].max_retries, 3);
     let acme = &c.tenants["acme"];
-    assert_eq!(acme.dek_cache_ttl, Duration::from_secs(300));
+    assert_eq!(acme.dek_cache_ttl, Duration::from_mins(5));
     assert!((acme.unwrap_log_sample - 1.0).abs() < f64::EPSILON);
     assert_eq!(c.tables.len(), 2);
     assert_eq!(c.tables[0].columns["email"], ColumnMode::Deterministic);
@@ -233,11 +237,11 @@ fn server_settings_and_durations() {
     ) + "\n[audit]\nattest_every = \"1h\"\n";
     let c = parse_ok(&text);
     assert_eq!(c.server.admin_listen, None);
-    assert_eq!(c.server.client_idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.server.client_idle_timeout, Duration::from_mins(10));
     assert_eq!(c.server.drain_timeout, Duration::from_secs(3630));
     assert_eq!(c.server.connect_timeout, Duration::from_millis(250));
     assert_eq!(c.server.workers, Some(4));
-    assert_eq!(c.audit.attest_every, Some(Duration::from_secs(3600)));
+    assert_eq!(c.audit.attest_every, Some(Duration::from_hours(1)));
 
     let text = BASE.replace(
         "auth = \"trust\"",

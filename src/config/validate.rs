@@ -481,7 +481,7 @@ fn user_password(cfg: &Config, u: &super::UserConfig, path: &str, p: &mut Proble
     }
 }
 
-/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (pg_authid form).
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (`pg_authid` form).
 pub(crate) fn scram_verifier_ok(v: &str) -> bool {
     let b64 = base64::engine::general_purpose::STANDARD;
     let Some(rest) = v.strip_prefix("SCRAM-SHA-256$") else {
@@ -561,13 +561,15 @@ fn table_columns(t: &TableConfig, path: &str, origin: Option<&TableOrigin>, p: &
             );
         }
     }
-    if let Some(tc) = &t.tenant_column {
-        if chain.contains(&tc.as_str()) {
-            p.at(
-                &join(path, "tenant_column"),
-                format!("`{tc}` is also a hash-chain column"),
-            );
-        }
+    if let Some(tc) = t
+        .tenant_column
+        .as_ref()
+        .filter(|tc| chain.contains(&tc.as_str()))
+    {
+        p.at(
+            &join(path, "tenant_column"),
+            format!("`{tc}` is also a hash-chain column"),
+        );
     }
     for col in t.columns.keys() {
         if t.tenant_column.as_deref() == Some(col.as_str()) {

@@ -178,6 +178,8 @@ async fn refuse(stream: &mut Stream, e: SessionError, peer: Option<std::net::Soc
     match e {
         SessionError::Client(err) => {
             let reason = match err.code {
+                "28000" if err.message.contains("tenant") => "tenant",
+                "28000" if err.message.contains("TLS") => "tls",
                 "28P01" | "28000" => "auth",
                 "08006" => "region",
                 _ => "protocol",
