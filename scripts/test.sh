@@ -8,8 +8,8 @@
 # `cargo fmt --check`, `cargo clippy --all-targets -D warnings`, `cargo build`
 # and the whole test suite (cargo nextest, or cargo test without it).
 # Every step runs even when an earlier check failed; the exit code is
-# non-zero if any step failed. Extra arguments go to the test runner,
-# e.g. `bash scripts/test.sh e2e_routing`.
+# non-zero if any step failed. Extra arguments go to the test runner
+# (nextest or cargo test), e.g. `bash scripts/test.sh --test e2e_routing`.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

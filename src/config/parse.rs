@@ -47,7 +47,7 @@ impl Problems<'_> {
             .map(|s| self.loc.line_at(s.start))
             .or_else(|| self.loc.line_of(section));
         let mut key = span_path.unwrap_or_else(|| section.to_owned());
-        let message = err.message().trim().to_owned();
+        let message = without_quoted_string(err.message().trim());
         // serde's "missing field `x`" carries no span; name the field in the key.
         if let Some(field) = message
             .strip_prefix("missing field `")
@@ -57,6 +57,22 @@ impl Problems<'_> {
         }
         self.push(line, &key, message);
     }
+}
+
+/// serde's type errors quote the string they got (`invalid type: string
+/// "postgres://u:pw@…", expected …`); that string may be a password written
+/// where a table was expected, so it is cut out.
+fn without_quoted_string(message: &str) -> String {
+    for prefix in ["invalid type: string \"", "invalid value: string \""] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kind = &prefix[..prefix.len() - 2];
+            return match rest.rfind("\", expected ") {
+                Some(i) => format!("{kind}{}", &rest[i + 1..]),
+                None => kind.to_owned(),
+            };
+        }
+    }
+    message.to_owned()
 }
 
 /// Parses, interpolates and validates `text`; `env` looks variables up.

@@ -858,7 +858,13 @@ fn interpolated_values_never_appear_in_messages() {
         &errs,
         "server.max_client_connections",
         line(&text, "max_client"),
-        "***",
+        "invalid type: string, expected usize",
+    );
+    expect(
+        &errs,
+        "server.tls_mode",
+        line(&text, "tls_mode"),
+        "unknown variant `***`",
     );
     // A literal secret mistyped as a number is not echoed either.
     let text = BASE.replace("name = \"app\"", "name = \"app\"\npassword = 987654321");

@@ -14,6 +14,9 @@ pub mod startup;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use errors::PgError;
 pub use frame::{Frame, FrameError, next_frame};
 

@@ -54,6 +54,9 @@ pub struct Relay {
     /// Status byte of the last ReadyForQuery: `I`, `T` or `E`.
     pub tx_status: u8,
     pub terminated: bool,
+    /// An extended-protocol error happened: the backend discards messages
+    /// until the next Sync.
+    skipping: bool,
 }
 
 impl Default for Relay {
@@ -64,6 +67,7 @@ impl Default for Relay {
             simple_marks: None,
             tx_status: b'I',
             terminated: false,
+            skipping: false,
         }
     }
 }
@@ -146,6 +150,7 @@ impl Relay {
                 self.pending.push_back(Expect::Close { swallow: false });
             }
             b'S' => self.pending.push_back(Expect::Sync),
+            b'c' | b'f' => self.forget_syncs_sent_during_copy_in(),
             b'F' => self.pending.push_back(Expect::Simple),
             b'X' => self.terminated = true,
             // Flush, CopyData/Done/Fail and anything unknown: relayed as is;
@@ -154,6 +159,35 @@ impl Relay {
         }
         out.extend_from_slice(frame);
         Ok(())
+    }
+
+    /// PostgreSQL ignores Sync while in copy-in mode. A client that runs
+    /// COPY FROM STDIN through Bind/Execute (libpq, tokio-postgres) may send
+    /// Sync before its CopyData; when its CopyDone/CopyFail arrives, every
+    /// Sync queued since that Execute was swallowed by the backend and will
+    /// get no ReadyForQuery.
+    fn forget_syncs_sent_during_copy_in(&mut self) {
+        let mut execute_at = None;
+        for (i, e) in self.pending.iter().enumerate().rev() {
+            match e {
+                // A simple-query COPY: Syncs before it are real.
+                Expect::Simple => return,
+                Expect::Execute { .. } => {
+                    execute_at = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let Some(at) = execute_at else { return };
+        let mut i = at + 1;
+        while i < self.pending.len() {
+            if matches!(self.pending[i], Expect::Sync) {
+                self.pending.remove(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn client_query(
@@ -366,12 +400,18 @@ impl Relay {
         }
     }
 
-    /// After an error the backend skips everything up to Sync; so do we. A
-    /// statement whose Parse is skipped or failed does not exist.
+    /// After an error in the extended protocol the backend discards every
+    /// message up to Sync — simple Queries included — so do we. A statement
+    /// whose Parse failed or was skipped does not exist. An error inside a
+    /// simple Query ends only that Query (its ReadyForQuery still comes).
     fn on_error(&mut self) {
         self.simple_marks = None;
+        if matches!(self.pending.front(), Some(Expect::Simple)) {
+            return;
+        }
+        self.skipping = true;
         while let Some(front) = self.pending.front() {
-            if front.ends_at_ready() {
+            if matches!(front, Expect::Sync) {
                 break;
             }
             if let Some(Expect::Parse {
@@ -386,9 +426,20 @@ impl Relay {
     }
 
     fn ready(&mut self, body: &[u8]) -> Result<(), RelayError> {
+        // While skipping after an error, only a Sync ends the skip; anything
+        // queued before it (even a simple Query) was discarded unanswered.
+        let skipping = std::mem::take(&mut self.skipping);
         loop {
             match self.pending.pop_front() {
-                Some(e) if e.ends_at_ready() => break,
+                Some(Expect::Sync) => break,
+                Some(Expect::Simple) if !skipping => break,
+                Some(Expect::Parse {
+                    name,
+                    statement: Some(s),
+                    ..
+                }) if skipping => {
+                    self.registry.forget_statement(&name, &s);
+                }
                 Some(_) => {}
                 None => {
                     return Err(RelayError::Desync(

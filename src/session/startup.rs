@@ -35,10 +35,19 @@ pub async fn open(tcp: TcpStream, rt: &Runtime, shared: &Shared) -> Result<Openi
     };
     // At most one SSLRequest and one GSSENCRequest precede the startup.
     for _ in 0..3 {
-        let packet = read_packet(&mut stream).await?;
-        match startup::parse_startup(&packet)
-            .map_err(|e| SessionError::Client(PgError::protocol_violation(&e.to_string())))?
-        {
+        let packet = match read_packet(&mut stream).await {
+            Ok(p) => p,
+            Err(SessionError::Client(e)) => return Err(tell(&mut stream, e).await),
+            Err(other) => return Err(other),
+        };
+        let parsed = match startup::parse_startup(&packet) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = PgError::protocol_violation(&e.to_string());
+                return Err(tell(&mut stream, e).await);
+            }
+        };
+        match parsed {
             StartupPacket::SslRequest => stream = answer_ssl(stream, rt).await?,
             StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => {
@@ -48,9 +57,14 @@ pub async fn open(tcp: TcpStream, rt: &Runtime, shared: &Shared) -> Result<Openi
             StartupPacket::Startup(msg) => return accept_startup(stream, msg, rt).await,
         }
     }
-    Err(SessionError::Client(PgError::protocol_violation(
-        "too many negotiation requests",
-    )))
+    let e = PgError::protocol_violation("too many negotiation requests");
+    Err(tell(&mut stream, e).await)
+}
+
+/// Send a FATAL error before closing, as PostgreSQL does.
+async fn tell(stream: &mut Stream, e: PgError) -> SessionError {
+    super::send_fatal(stream, &e).await;
+    SessionError::Client(e)
 }
 
 async fn answer_ssl(stream: Stream, rt: &Runtime) -> Result<Stream, SessionError> {
@@ -75,14 +89,14 @@ async fn accept_startup(
     rt: &Runtime,
 ) -> Result<Opening, SessionError> {
     if msg.major != 3 {
-        return Err(SessionError::Client(PgError::unsupported_protocol(
-            msg.major, msg.minor,
-        )));
+        let e = PgError::unsupported_protocol(msg.major, msg.minor);
+        return Err(tell(&mut stream, e).await);
     }
     if rt.config.server.tls_mode == TlsMode::Require && !stream.is_tls() {
-        return Err(SessionError::Client(PgError::auth_rejected(
+        let e = PgError::auth_rejected(
             "TLS is required (tls_mode = require): connect with sslmode=require",
-        )));
+        );
+        return Err(tell(&mut stream, e).await);
     }
     if msg.minor > 0 {
         // Newer clients (3.2) ask for a minor version we do not speak and may

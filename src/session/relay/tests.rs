@@ -353,3 +353,50 @@ fn transaction_status_and_portals_follow_ready_for_query() {
         .unwrap();
     assert!(h.relay.is_idle());
 }
+
+#[test]
+fn sync_sent_during_extended_copy_in_expects_no_ready_for_query() {
+    // tokio-postgres: Bind, Execute, Sync, then CopyData, CopyDone, Sync.
+    let mut h = Harness::new();
+    h.client(&cat(&[
+        parse("", "copy t from stdin"),
+        bind("", ""),
+        execute(""),
+        msg(b'S', b""),
+    ]));
+    let copy_in = msg(b'G', &[0, 0, 0]);
+    h.backend(&cat(&[msg(b'1', b""), msg(b'2', b""), copy_in]))
+        .unwrap();
+    h.client(&cat(&[msg(b'd', b"1\n"), msg(b'c', b""), msg(b'S', b"")]));
+    // The backend ignored the first Sync: one CommandComplete, one ReadyForQuery.
+    h.backend(&cat(&[msg(b'C', b"COPY 1\0"), ready(b'I')]))
+        .unwrap();
+    assert!(h.relay.is_idle());
+    // And the session stays in step for the next statement.
+    h.client(&msg(b'Q', b"select 1\0"));
+    h.backend(&cat(&[
+        row_desc(0, 0),
+        data_row("1"),
+        complete(),
+        ready(b'I'),
+    ]))
+    .unwrap();
+    assert!(h.relay.is_idle());
+}
+
+#[test]
+fn simple_query_copy_keeps_earlier_syncs() {
+    let mut h = Harness::new();
+    h.client(&cat(&[
+        msg(b'Q', b"copy t from stdin\0"),
+        msg(b'd', b"1\n"),
+        msg(b'c', b""),
+    ]));
+    h.backend(&cat(&[
+        msg(b'G', &[0, 0, 0]),
+        msg(b'C', b"COPY 1\0"),
+        ready(b'I'),
+    ]))
+    .unwrap();
+    assert!(h.relay.is_idle());
+}
