@@ -294,6 +294,7 @@ pub struct ProxyBuilder {
     tls_mode: Option<String>,
     tables: Vec<String>,
     region_dsn: BTreeMap<String, String>,
+    server_lines: Vec<String>,
 }
 
 impl Default for ProxyBuilder {
@@ -316,7 +317,14 @@ impl ProxyBuilder {
             tls_mode: None,
             tables: Vec::new(),
             region_dsn: BTreeMap::new(),
+            server_lines: Vec::new(),
         }
+    }
+
+    /// An extra `key = value` line in `[server]`.
+    pub fn server_option(mut self, line: &str) -> Self {
+        self.server_lines.push(line.to_string());
+        self
     }
 
     pub fn trust(mut self) -> Self {
@@ -402,6 +410,9 @@ impl ProxyBuilder {
         }
         if let Some(mode) = &self.tls_mode {
             writeln!(c, "tls_mode = {}", toml_str(mode)).unwrap();
+        }
+        for line in &self.server_lines {
+            writeln!(c, "{line}").unwrap();
         }
         for u in self.effective_users() {
             let tenants: Vec<String> = u.tenants.iter().map(|t| toml_str(t)).collect();
@@ -563,6 +574,53 @@ impl Proxy {
             !direct_mode(),
             "this test checks byokpg itself: unset BYOKPG_E2E_DIRECT"
         );
+    }
+
+    /// Process id of `byokpg serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("proxy not running").id()
+    }
+
+    /// Send a signal (`HUP`, `TERM`, ...) to `byokpg serve`.
+    pub fn signal(&self, sig: &str) {
+        let out = run(Command::new("kill")
+            .arg("-s")
+            .arg(sig)
+            .arg(self.pid().to_string()));
+        assert!(out.status.success(), "kill -s {sig} failed");
+    }
+
+    /// Wait for `byokpg serve` to exit; `None` when it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// POST to the admin API with an optional bearer token.
+    pub fn admin_post(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect((PG_HOST, self.admin_port)).unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(s, "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, resp)
     }
 
     pub fn log(&self) -> String {
