@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
