@@ -32,6 +32,8 @@ enum Command {
         #[arg(long)]
         kms: bool,
     },
+    /// Create or upgrade byokpg's schema in every region database (idempotent).
+    Setup,
     /// First run on one machine: three region databases on a local
     /// PostgreSQL, a demo config with the local KMS, then the proxy.
     Demo {
@@ -61,7 +63,36 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Setup => setup(&path),
         Command::Demo { pg, port } => demo(&crate::demo::DemoOptions { pg, port }),
+    }
+}
+
+fn setup(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::setup::setup(&cfg)) {
+        Ok(report) => {
+            for line in report {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 

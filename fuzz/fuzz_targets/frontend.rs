@@ -34,18 +34,14 @@ fn framing(data: &[u8]) {
     let mut taken = 0;
     loop {
         let before = buf.len();
-        match next_frame(&mut buf) {
-            Ok(Some(f)) => {
-                assert_eq!(before - buf.len(), f.raw.len());
-                assert_eq!(&data[taken..taken + f.raw.len()], &f.raw[..]);
-                taken += f.raw.len();
-                decoders(f.body());
-            }
-            Ok(None) | Err(_) => {
-                assert_eq!(before, buf.len());
-                break;
-            }
-        }
+        let Ok(Some(f)) = next_frame(&mut buf) else {
+            assert_eq!(before, buf.len());
+            break;
+        };
+        assert_eq!(before - buf.len(), f.raw.len());
+        assert_eq!(&data[taken..taken + f.raw.len()], &f.raw[..]);
+        taken += f.raw.len();
+        decoders(f.body());
     }
 }
 
@@ -56,7 +52,7 @@ fn feed(stream: &[u8], chunk: usize) -> (Vec<u8>, bool) {
     let ctx = Ctx {
         classifier: &classifier,
         protected: &protected,
-        row_hook: None,
+        known_oids: None,
         metrics: SessionMetrics::get(),
     };
     let mut relay = Relay::default();

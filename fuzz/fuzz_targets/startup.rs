@@ -32,10 +32,10 @@ fn startup_packet(data: &[u8]) {
     let Some(packet) = data.get(..n) else {
         return;
     };
-    if let Ok(StartupPacket::Startup(m)) = startup::parse_startup(packet) {
-        if let Some(o) = m.get("options") {
-            options(o);
-        }
+    if let Ok(StartupPacket::Startup(m)) = startup::parse_startup(packet)
+        && let Some(o) = m.get("options")
+    {
+        options(o);
     }
 }
 

@@ -113,6 +113,17 @@ impl PgError {
         Self::new(Severity::Error, "0A000", message)
     }
 
+    /// XX001: a stored value failed to decrypt (tampered, moved, or another
+    /// tenant's); it is never returned as data.
+    pub fn data_corrupted(message: String) -> Self {
+        Self::new(Severity::Error, "XX001", message)
+    }
+
+    /// 58000 / 58030 / 08006: the tenant's key cannot be used now.
+    pub fn key_unavailable(code: &'static str, message: String) -> Self {
+        Self::new(Severity::Error, code, message)
+    }
+
     /// 53300: the connection cap is reached.
     pub fn too_many_connections(limit: usize) -> Self {
         Self::new(

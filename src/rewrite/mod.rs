@@ -5,6 +5,7 @@
 //! live. A plan is attached to a prepared statement once, at Parse time.
 
 pub mod classify;
+pub mod plan;
 
 pub use classify::Classifier;
 
@@ -54,13 +55,44 @@ impl ProtectedColumns {
     }
 }
 
-/// Rewrites one DataRow whose result shape has marked columns (decryption).
-pub trait RowHook: Send + Sync {
+/// What a crypto operation needs before it can run: a key that is not in
+/// the cache yet. The session fetches it (KMS call) and retries the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    ActiveKey,
+    Key(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CryptoFailure {
+    Need(Need),
+    /// Refuse with this error (XX001 for a value that fails to decrypt).
+    Refuse(PgError),
+}
+
+/// The session's tenant keys as the relay uses them: decrypt marked result
+/// columns, encrypt literals and bound parameters of protected columns.
+/// Column numbers index the region catalog's protected columns.
+pub trait RowHook: Send {
     /// Append the rewritten `DataRow` frame for `body` to `out`.
     fn rewrite_row(
-        &self,
+        &mut self,
         marks: &crate::session::registry::RowMarks,
+        binary: &[bool],
         body: &[u8],
         out: &mut bytes::BytesMut,
-    ) -> Result<(), PgError>;
+    ) -> Result<(), CryptoFailure>;
+
+    /// A SQL literal holding the ciphertext of `value` for `column`.
+    fn encrypt_literal(&mut self, column: usize, value: &str) -> Result<String, CryptoFailure>;
+
+    /// The ciphertext of a bound parameter value, in the same wire format.
+    fn encrypt_param(
+        &mut self,
+        column: usize,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure>;
+
+    fn tenant(&self) -> &str;
 }

@@ -2,6 +2,7 @@
 //! configuration on SIGHUP, and drains on SIGTERM/SIGINT.
 
 pub mod cancel;
+pub mod catalogs;
 pub mod runtime;
 
 use std::future::Future;
@@ -33,6 +34,10 @@ pub enum Phase {
 /// State shared by all sessions.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    /// Tenants' data keys: KMS providers, key store, DEK cache.
+    pub keys: Arc<crate::keys::KeyManager>,
+    /// Region catalogs: where protected columns appear in results.
+    pub catalogs: catalogs::Catalogs,
     pub cancels: cancel::CancelMap,
     pub connections: Arc<Semaphore>,
     pub phase: watch::Receiver<Phase>,
@@ -72,7 +77,11 @@ impl Shared {
                         "listen addresses changed: they take effect at the next restart"
                     );
                 }
+                let keys = self.keys.clone();
+                let cfg = rt.config.clone();
+                tokio::spawn(async move { keys.reload(&cfg).await });
                 self.runtime.store(Arc::new(rt));
+                self.catalogs.clear();
                 tracing::info!("configuration reloaded");
                 Ok(())
             }
@@ -92,11 +101,16 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let drain_timeout = config.server.drain_timeout;
     let listen = config.server.listen.clone();
     let admin_listen = config.server.admin_listen.clone().filter(|a| !a.is_empty());
+    run_setup(&config).await;
+    let keys = Arc::new(crate::keys::KeyManager::new(&config).await);
+    let _sweeper = keys.spawn_sweeper(Duration::from_secs(5));
     let rt = Runtime::build(config)?;
     let listener = bind(&listen).await?;
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared {
         runtime: ArcSwap::from_pointee(rt),
+        keys,
+        catalogs: catalogs::Catalogs::default(),
         cancels: cancel::CancelMap::default(),
         connections: Arc::new(Semaphore::new(max)),
         phase: phase_rx,
@@ -120,6 +134,20 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let _ = phase_tx.send(Phase::Draining);
     drain(&shared, max, drain_timeout, &phase_tx).await;
     Ok(())
+}
+
+/// Create or upgrade byokpg's schema in every region. A region that is down
+/// now is not fatal: its tenants get 08006 until it is back, and the schema
+/// is created by `byokpg setup` or the next start.
+async fn run_setup(config: &Config) {
+    match crate::setup::setup(config).await {
+        Ok(report) => {
+            for line in report {
+                tracing::info!("{line}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "byokpg setup did not complete in every region"),
+    }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
@@ -246,10 +274,8 @@ impl AdminHooks for Hooks {
     }
 
     fn evict_tenant(&self, tenant: &str) -> Result<usize, String> {
-        // No DEK cache exists in this build, so a known tenant has nothing
-        // cached: 0 entries dropped.
         if self.0.runtime.load().config.tenants.contains_key(tenant) {
-            Ok(0)
+            Ok(self.0.keys.evict_tenant(tenant))
         } else {
             Err(format!("byokpg: unknown tenant: {tenant}"))
         }

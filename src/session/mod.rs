@@ -2,6 +2,7 @@
 //! region, then the relay loop until either side ends.
 
 mod auth;
+pub mod crypto;
 mod pump;
 pub mod registry;
 pub mod relay;
@@ -72,8 +73,8 @@ pub async fn run(tcp: TcpStream, shared: Arc<Shared>) {
     metrics::connection_opened();
     let result = establish(&mut stream, &msg, &rt, &shared).await;
     match result {
-        Ok((identity, backend, pid)) => {
-            let end = pump::pump(stream, backend, &shared, &identity).await;
+        Ok((identity, backend, pid, protection)) => {
+            let end = pump::pump(stream, backend, &shared, &identity, protection).await;
             shared.cancels.remove(pid);
             log_end(&identity, end);
         }
@@ -91,7 +92,7 @@ async fn establish(
     msg: &crate::protocol::startup::StartupMessage,
     rt: &Runtime,
     shared: &Shared,
-) -> Result<(Identity, Backend, i32), SessionError> {
+) -> Result<(Identity, Backend, i32, pump::Protection), SessionError> {
     let identity = tokio::time::timeout(STARTUP_TIMEOUT, auth::authenticate(stream, rt, msg))
         .await
         .map_err(|_| SessionError::Client(PgError::startup_timeout()))??;
@@ -106,6 +107,7 @@ async fn establish(
             "replication connections are not supported through byokpg",
         )));
     }
+    let protection = protection(rt, shared, &identity.tenant, &target.region).await?;
     let database = msg.get("database").unwrap_or(identity.user.as_str());
     let params = backend_params(msg, &identity);
     let backend = match target
@@ -132,7 +134,28 @@ async fn establish(
     messages::backend_key_data(&mut out, pid, secret);
     messages::ready_for_query(&mut out, backend.status);
     stream.write_all(&out).await?;
-    Ok((identity, backend, pid))
+    Ok((identity, backend, pid, protection))
+}
+
+/// The region's catalog and the tenant's keys, when the policy protects
+/// anything. Without the catalog protected columns cannot be found in
+/// results, so the session is refused (fail closed).
+async fn protection(
+    rt: &Runtime,
+    shared: &Shared,
+    tenant: &str,
+    region: &str,
+) -> Result<pump::Protection, SessionError> {
+    let catalog = shared.catalogs.get(rt, region).await.map_err(|e| {
+        tracing::warn!(region, error = %e, "cannot read the region catalog");
+        SessionError::Client(PgError::region_unreachable(
+            region,
+            "cannot read its catalog",
+        ))
+    })?;
+    let crypto = (!rt.config.tables.is_empty())
+        .then(|| crypto::SessionCrypto::new(tenant, shared.keys.clone(), catalog.clone()));
+    Ok(pump::Protection::new(region, catalog, crypto))
 }
 
 /// The client's startup parameters that go on to the backend.

@@ -9,11 +9,16 @@ use bytes::{Buf as _, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;
 
+use std::sync::Arc;
+
+use super::crypto::SessionCrypto;
 use super::relay::{Ctx, Relay, RelayError};
 use super::{Identity, SessionError};
 use crate::backend::Backend;
+use crate::catalog::Catalog;
 use crate::metrics::SessionMetrics;
 use crate::protocol::PgError;
+use crate::rewrite::RowHook;
 use crate::server::{Phase, Shared};
 use crate::tls::Stream;
 
@@ -41,11 +46,34 @@ struct Io {
     to_client: BytesMut,
 }
 
+/// What the session knows about protected columns of its region.
+pub struct Protection {
+    pub region: String,
+    pub catalog: Arc<Catalog>,
+    /// `None` when the policy protects nothing.
+    pub crypto: Option<SessionCrypto>,
+    /// The catalog was just refreshed: do not ask for another refresh for
+    /// the frame being retried (an OID still unknown is not ours).
+    refreshed: bool,
+}
+
+impl Protection {
+    pub fn new(region: &str, catalog: Arc<Catalog>, crypto: Option<SessionCrypto>) -> Self {
+        Self {
+            region: region.to_owned(),
+            catalog,
+            crypto,
+            refreshed: false,
+        }
+    }
+}
+
 pub async fn pump(
     client: Stream,
     backend: Backend,
     shared: &Shared,
     identity: &Identity,
+    mut protection: Protection,
 ) -> Result<End, SessionError> {
     let (client_rd, client_wr) = tokio::io::split(client);
     let (backend_rd, backend_wr) = tokio::io::split(backend.stream);
@@ -60,13 +88,18 @@ pub async fn pump(
         to_client: BytesMut::with_capacity(READ_CHUNK),
     };
     let mut relay = Relay::new(backend.status);
-    let result = run_loop(&mut io, &mut relay, shared).await;
+    let result = run_loop(&mut io, &mut relay, shared, &mut protection).await;
     finish(&mut io, &result).await;
     tracing::trace!(tenant = %identity.tenant, "relay loop ended");
     result
 }
 
-async fn run_loop(io: &mut Io, relay: &mut Relay, shared: &Shared) -> Result<End, SessionError> {
+async fn run_loop(
+    io: &mut Io,
+    relay: &mut Relay,
+    shared: &Shared,
+    prot: &mut Protection,
+) -> Result<End, SessionError> {
     let metrics = SessionMetrics::get();
     let mut phase = shared.phase.clone();
     let idle_timeout = shared.runtime.load().config.server.client_idle_timeout;
@@ -101,9 +134,7 @@ async fn run_loop(io: &mut Io, relay: &mut Relay, shared: &Shared) -> Result<End
                     return Ok(End::BackendClosed);
                 }
                 metrics.bytes_server_to_client.increment(n as u64);
-                let rt = shared.runtime.load();
-                let ctx = Ctx { classifier: &rt.classifier, protected: &rt.protected, row_hook: None, metrics };
-                relay.on_backend(&ctx, &mut io.from_backend, &mut io.to_client)?;
+                from_backend(io, relay, shared, prot).await?;
             }
             r = io.client_rd.read_buf(&mut io.from_client), if io.to_backend.len() < HIGH_WATER && !relay.terminated => {
                 let n = r?;
@@ -112,7 +143,7 @@ async fn run_loop(io: &mut Io, relay: &mut Relay, shared: &Shared) -> Result<End
                 }
                 metrics.bytes_client_to_server.increment(n as u64);
                 let rt = shared.runtime.load();
-                let ctx = Ctx { classifier: &rt.classifier, protected: &rt.protected, row_hook: None, metrics };
+                let ctx = Ctx { classifier: &rt.classifier, protected: &prot.catalog.by_attr, known_oids: None, metrics };
                 relay.on_client(&ctx, &mut io.from_client, &mut io.to_backend)?;
                 if !idle_timeout.is_zero() {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
@@ -126,6 +157,65 @@ async fn run_loop(io: &mut Io, relay: &mut Relay, shared: &Shared) -> Result<End
             () = &mut idle, if !idle_timeout.is_zero() && relay.is_idle() => {
                 return Ok(End::IdleTimeout);
             }
+        }
+    }
+}
+
+/// Relay what the backend sent, fetching keys and refreshing the catalog
+/// when the relay asks for them.
+async fn from_backend(
+    io: &mut Io,
+    relay: &mut Relay,
+    shared: &Shared,
+    prot: &mut Protection,
+) -> Result<(), SessionError> {
+    loop {
+        let rt = shared.runtime.load();
+        let policy = !rt.config.tables.is_empty();
+        let known = (policy && !prot.refreshed).then_some(&prot.catalog.known_oids);
+        let ctx = Ctx {
+            classifier: &rt.classifier,
+            protected: &prot.catalog.by_attr,
+            known_oids: known,
+            metrics: SessionMetrics::get(),
+        };
+        let hook = prot.crypto.as_mut().map(|c| c as &mut dyn RowHook);
+        match relay.on_backend(&ctx, hook, &mut io.from_backend, &mut io.to_client) {
+            Ok(()) => {
+                prot.refreshed = false;
+                return Ok(());
+            }
+            Err(RelayError::Need(need)) => {
+                let Some(crypto) = prot.crypto.as_mut() else {
+                    return Err(SessionError::Client(PgError::internal(
+                        "a key was needed without a policy",
+                    )));
+                };
+                if let Err(e) = crypto.fetch(need).await {
+                    // Only this result fails; its remaining rows are dropped.
+                    relay.fail_result(&e, &mut io.to_client);
+                }
+            }
+            Err(RelayError::StaleCatalog) => {
+                match shared.catalogs.refresh(&rt, &prot.region).await {
+                    Ok(cat) => {
+                        if let Some(c) = prot.crypto.as_mut() {
+                            c.set_catalog(cat.clone());
+                        }
+                        prot.catalog = cat;
+                    }
+                    Err(e) => {
+                        tracing::warn!(region = %prot.region, error = %e, "catalog refresh failed");
+                        let err = PgError::region_unreachable(
+                            &prot.region,
+                            "cannot read the catalog to find protected columns",
+                        );
+                        relay.fail_result(&err, &mut io.to_client);
+                    }
+                }
+                prot.refreshed = true;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -21,6 +21,27 @@ pub struct ColumnMark {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RowMarks {
     pub marks: Vec<Option<ColumnMark>>,
+    /// Wire format of each column (from the RowDescription, or from Bind's
+    /// result format codes when the marks come from Describe Statement).
+    pub binary: Vec<bool>,
+}
+
+impl RowMarks {
+    /// The same marks with the result formats a Bind asked for.
+    #[must_use]
+    pub fn with_formats(&self, formats: &[i16]) -> Self {
+        let binary = (0..self.marks.len())
+            .map(|i| match formats {
+                [] => false,
+                [one] => *one == 1,
+                many => many.get(i).is_some_and(|f| *f == 1),
+            })
+            .collect();
+        Self {
+            marks: self.marks.clone(),
+            binary,
+        }
+    }
 }
 
 /// A prepared statement as byokpg knows it.
@@ -37,16 +58,23 @@ pub struct Statement {
 pub struct Portal {
     pub statement: Option<Arc<Statement>>,
     pub row_marks: Option<Arc<RowMarks>>,
+    /// Bind's result format codes (kept only when protected columns exist).
+    pub result_formats: Option<Vec<i16>>,
 }
 
 impl Portal {
     /// Marks that apply to the rows this portal returns.
     pub fn marks(&self) -> Option<Arc<RowMarks>> {
-        self.row_marks.clone().or_else(|| {
-            self.statement
-                .as_ref()
-                .and_then(|s| s.row_marks.get().cloned().flatten())
-        })
+        if let Some(m) = &self.row_marks {
+            return Some(m.clone());
+        }
+        let m = self
+            .statement
+            .as_ref()
+            .and_then(|s| s.row_marks.get().cloned().flatten())?;
+        Some(Arc::new(m.with_formats(
+            self.result_formats.as_deref().unwrap_or_default(),
+        )))
     }
 }
 
@@ -79,6 +107,10 @@ pub enum Expect {
     Sync,
     /// A simple Query or FunctionCall: answered up to `ReadyForQuery`.
     Simple,
+    /// Marker, no response: the client sent CopyDone/CopyFail here. Tells
+    /// which Syncs were sent during a copy-in (see `Relay`); dropped when
+    /// it reaches the front of the queue.
+    CopyEnd,
 }
 
 impl Expect {

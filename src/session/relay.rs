@@ -15,7 +15,7 @@ use super::registry::{
 use crate::metrics::SessionMetrics;
 use crate::protocol::frame::frame_len;
 use crate::protocol::{FrameError, PgError, ProtocolError, messages};
-use crate::rewrite::{self, Classifier, Plan, ProtectedColumns, RowHook};
+use crate::rewrite::{self, Classifier, CryptoFailure, Need, Plan, ProtectedColumns, RowHook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -31,13 +31,23 @@ pub enum RelayError {
     Desync(String),
     #[error("{}", .0.message)]
     Refused(PgError),
+    /// A key must be fetched before the current message can be handled; the
+    /// message was not consumed and is handled again afterwards.
+    #[error("a key is needed: {0:?}")]
+    Need(Need),
+    /// A RowDescription names a relation the catalog has not seen; the
+    /// frame was not consumed.
+    #[error("the catalog is stale")]
+    StaleCatalog,
 }
 
 /// What the session needs from the current configuration, per call.
 pub struct Ctx<'a> {
     pub classifier: &'a Classifier,
     pub protected: &'a ProtectedColumns,
-    pub row_hook: Option<&'a dyn RowHook>,
+    /// Relation OIDs the catalog knows, when a policy exists: a
+    /// RowDescription naming another OID makes the session refresh it.
+    pub known_oids: Option<&'a std::collections::HashSet<u32>>,
     pub metrics: &'a SessionMetrics,
 }
 
@@ -45,6 +55,8 @@ pub struct Ctx<'a> {
 /// a client's statement (see [`Relay::refuse_extended`]).
 const REFUSAL_STATEMENT: &[u8] = b"byokpg_refused";
 
+/// Independent protocol states, each a flag the backend's answers set or clear.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug)]
 pub struct Relay {
     pub registry: Registry,
@@ -57,6 +69,11 @@ pub struct Relay {
     /// An extended-protocol error happened: the backend discards messages
     /// until the next Sync.
     skipping: bool,
+    /// byokpg failed the current result (XX001, key unavailable): drop the
+    /// backend's responses up to the next ReadyForQuery.
+    suppress: bool,
+    /// The backend is in copy-in mode for an extended-protocol Execute.
+    copy_in: bool,
 }
 
 impl Default for Relay {
@@ -68,6 +85,8 @@ impl Default for Relay {
             tx_status: b'I',
             terminated: false,
             skipping: false,
+            suppress: false,
+            copy_in: false,
         }
     }
 }
@@ -83,7 +102,7 @@ impl Relay {
 
     /// Nothing owed by the backend and no transaction open.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.tx_status == b'I'
+        self.pending.iter().all(|e| matches!(e, Expect::CopyEnd)) && self.tx_status == b'I'
     }
 
     /// Consume every complete client frame in `input`, appending what goes to
@@ -117,11 +136,19 @@ impl Relay {
             b'B' => {
                 let head = messages::parse_bind_head(body)?;
                 let statement = self.registry.statement(head.statement);
+                // Result formats only matter when a column can be marked; the
+                // fast path does not decode the rest of the Bind.
+                let result_formats = if ctx.protected.is_empty() {
+                    None
+                } else {
+                    Some(messages::parse_bind(body)?.result_formats)
+                };
                 self.registry.bind(
                     head.portal,
                     Portal {
                         statement,
                         row_marks: None,
+                        result_formats,
                     },
                 );
                 self.pending.push_back(Expect::Bind { swallow: false });
@@ -149,8 +176,10 @@ impl Relay {
                 }
                 self.pending.push_back(Expect::Close { swallow: false });
             }
+            b'S' if self.copy_in => {} // ignored by the backend in copy-in mode
             b'S' => self.pending.push_back(Expect::Sync),
-            b'c' | b'f' => self.forget_syncs_sent_during_copy_in(),
+            b'c' | b'f' if self.copy_in => self.copy_in = false,
+            b'c' | b'f' => self.pending.push_back(Expect::CopyEnd),
             b'F' => self.pending.push_back(Expect::Simple),
             b'X' => self.terminated = true,
             // Flush, CopyData/Done/Fail and anything unknown: relayed as is;
@@ -161,33 +190,31 @@ impl Relay {
         Ok(())
     }
 
-    /// PostgreSQL ignores Sync while in copy-in mode. A client that runs
-    /// COPY FROM STDIN through Bind/Execute (libpq, tokio-postgres) may send
-    /// Sync before its CopyData; when its CopyDone/CopyFail arrives, every
-    /// Sync queued since that Execute was swallowed by the backend and will
-    /// get no ReadyForQuery.
-    fn forget_syncs_sent_during_copy_in(&mut self) {
-        let mut execute_at = None;
-        for (i, e) in self.pending.iter().enumerate().rev() {
-            match e {
-                // A simple-query COPY: Syncs before it are real.
-                Expect::Simple => return,
-                Expect::Execute { .. } => {
-                    execute_at = Some(i);
-                    break;
-                }
-                _ => {}
-            }
+    /// The backend entered copy-in mode for an extended-protocol Execute
+    /// (libpq, tokio-postgres: Bind, Execute, Sync, CopyData..., CopyDone,
+    /// Sync). PostgreSQL ignores Sync in copy-in mode, so the Syncs the
+    /// client sent after that Execute get no ReadyForQuery, and neither will
+    /// the ones it sends until CopyDone/CopyFail (or until the backend errors
+    /// out of copy mode).
+    fn enter_extended_copy_in(&mut self) {
+        if !matches!(self.pending.front(), Some(Expect::Execute { .. })) {
+            return; // simple-query COPY: no Sync involved
         }
-        let Some(at) = execute_at else { return };
-        let mut i = at + 1;
+        let mut i = 1;
         while i < self.pending.len() {
-            if matches!(self.pending[i], Expect::Sync) {
-                self.pending.remove(i);
-            } else {
-                i += 1;
+            match self.pending[i] {
+                Expect::Sync => {
+                    self.pending.remove(i);
+                }
+                Expect::CopyEnd => {
+                    // The client already ended the copy: later Syncs count.
+                    self.pending.remove(i);
+                    return;
+                }
+                _ => i += 1,
             }
         }
+        self.copy_in = true;
     }
 
     fn client_query(
@@ -271,67 +298,104 @@ impl Relay {
         self.pending.push_back(Expect::Execute { marks: None });
     }
 
-    /// Consume every complete backend frame in `input` into `out`.
+    /// Consume every complete backend frame in `input` into `out`. On
+    /// `RelayError::Need` the frame that needs a key is still in `input`.
     pub fn on_backend(
         &mut self,
         ctx: &Ctx<'_>,
+        mut hook: Option<&mut (dyn RowHook + '_)>,
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         while let Some(len) = frame_len(input)? {
-            let forward = self.backend_frame(ctx, &input[..len], out)?;
-            if forward {
+            let forward = self.backend_frame(ctx, hook.as_deref_mut(), &input[..len], out)?;
+            if forward && !(self.suppress && input[0] != b'Z') {
                 out.extend_from_slice(&input[..len]);
+            }
+            if input[0] == b'Z' {
+                self.suppress = false;
             }
             input.advance(len);
         }
         Ok(())
     }
 
+    /// Fail the result being relayed with `err`: the client gets the error
+    /// now and nothing more of the backend's answers until ReadyForQuery.
+    pub fn fail_result(&mut self, err: &PgError, out: &mut BytesMut) {
+        if !self.suppress {
+            err.encode(out);
+        }
+        self.suppress = true;
+    }
+
     /// Update state for one backend frame; `Ok(true)` = relay it unchanged.
     fn backend_frame(
         &mut self,
         ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<bool, RelayError> {
+        while matches!(self.pending.front(), Some(Expect::CopyEnd)) {
+            self.pending.pop_front();
+        }
         let body = &frame[5..];
         match frame[0] {
-            b'D' => return self.data_row(ctx, body, out),
+            b'D' if !self.suppress => return self.data_row(hook, body, out),
             b'T' => self.row_description(ctx, body)?,
             b'n' => self.no_data()?,
             b'1' => return self.pop_swallowable(|e| matches!(e, Expect::Parse { .. })),
             b'2' => return self.pop_swallowable(|e| matches!(e, Expect::Bind { .. })),
             b'3' => return self.pop_swallowable(|e| matches!(e, Expect::Close { .. })),
-            b'C' | b'I' | b's' => self.result_end()?,
-            b'E' => self.on_error(),
+            b'G' => self.enter_extended_copy_in(),
+            b'C' | b'I' | b's' => {
+                self.copy_in = false;
+                self.result_end()?;
+            }
+            b'E' => {
+                self.copy_in = false;
+                self.on_error();
+            }
             b'Z' => self.ready(body)?,
             _ => {}
         }
         Ok(true)
     }
 
-    fn data_row(&self, ctx: &Ctx<'_>, body: &[u8], out: &mut BytesMut) -> Result<bool, RelayError> {
+    fn data_row(
+        &mut self,
+        hook: Option<&mut (dyn RowHook + '_)>,
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, RelayError> {
         let marks = match self.pending.front() {
-            Some(Expect::Execute { marks }) => marks.as_ref(),
-            _ => self.simple_marks.as_ref(),
+            Some(Expect::Execute { marks }) => marks.clone(),
+            _ => self.simple_marks.clone(),
         };
         let Some(marks) = marks else {
             return Ok(true);
         };
-        // A marked result with no hook to decrypt it must not reach the client.
-        let hook = ctx.row_hook.ok_or_else(|| {
-            RelayError::Refused(PgError::internal(
-                "a protected column reached a session without decryption",
-            ))
-        })?;
-        hook.rewrite_row(marks, body, out)
-            .map_err(RelayError::Refused)?;
-        Ok(false)
+        // A marked result with no keys to decrypt it must not reach the client.
+        let Some(hook) = hook else {
+            self.fail_result(
+                &PgError::internal("a protected column reached a session without keys"),
+                out,
+            );
+            return Ok(false);
+        };
+        match hook.rewrite_row(&marks, &marks.binary, body, out) {
+            Ok(()) => Ok(false),
+            Err(CryptoFailure::Need(n)) => Err(RelayError::Need(n)),
+            Err(CryptoFailure::Refuse(e)) => {
+                self.fail_result(&e, out);
+                Ok(false)
+            }
+        }
     }
 
     fn row_description(&mut self, ctx: &Ctx<'_>, body: &[u8]) -> Result<(), RelayError> {
-        let marks = mark_columns(ctx.protected, body)?;
+        let marks = mark_columns(ctx, body)?;
         match self.pending.front() {
             Some(Expect::Describe(DescribeTarget::Statement(stmt))) => {
                 if let Some(s) = stmt {
@@ -458,18 +522,22 @@ impl Relay {
 }
 
 /// Decode a RowDescription only when some column could be protected.
-fn mark_columns(
-    protected: &ProtectedColumns,
-    body: &[u8],
-) -> Result<Option<Arc<RowMarks>>, RelayError> {
-    if protected.is_empty() {
+fn mark_columns(ctx: &Ctx<'_>, body: &[u8]) -> Result<Option<Arc<RowMarks>>, RelayError> {
+    if ctx.protected.is_empty() && ctx.known_oids.is_none() {
         return Ok(None);
     }
     let fields = messages::parse_row_description(body)?;
+    if let Some(known) = ctx.known_oids
+        && fields
+            .iter()
+            .any(|f| f.table_oid != 0 && !known.contains(&f.table_oid))
+    {
+        return Err(RelayError::StaleCatalog);
+    }
     let marks: Vec<Option<ColumnMark>> = fields
         .iter()
         .map(|f| {
-            protected
+            ctx.protected
                 .get(f.table_oid, f.attnum)
                 .map(|column| ColumnMark {
                     table_oid: f.table_oid,
@@ -478,10 +546,11 @@ fn mark_columns(
                 })
         })
         .collect();
+    let binary = fields.iter().map(|f| f.format == 1).collect();
     Ok(marks
         .iter()
         .any(Option::is_some)
-        .then(|| Arc::new(RowMarks { marks })))
+        .then(|| Arc::new(RowMarks { marks, binary })))
 }
 
 /// SQL that makes the backend raise `err` (SQLSTATE, message and hint).

@@ -5,6 +5,7 @@ use bytes::{BufMut, BytesMut};
 use super::*;
 use crate::protocol::errors::error_summary;
 use crate::protocol::next_frame;
+use crate::rewrite::{CryptoFailure, Need};
 
 fn msg(tag: u8, body: &[u8]) -> BytesMut {
     let mut b = BytesMut::new();
@@ -85,15 +86,33 @@ struct Upper;
 
 impl RowHook for Upper {
     fn rewrite_row(
-        &self,
+        &mut self,
         _marks: &RowMarks,
+        _binary: &[bool],
         body: &[u8],
         out: &mut BytesMut,
-    ) -> Result<(), PgError> {
+    ) -> Result<(), CryptoFailure> {
         let s = messages::begin_msg(out, b'D');
         out.extend_from_slice(&body.to_ascii_uppercase());
         messages::finish_msg(out, s);
         Ok(())
+    }
+
+    fn encrypt_literal(&mut self, _column: usize, value: &str) -> Result<String, CryptoFailure> {
+        Ok(format!("'enc:{value}'"))
+    }
+
+    fn encrypt_param(
+        &mut self,
+        _column: usize,
+        value: &[u8],
+        _binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        Ok([b"enc:", value].concat())
+    }
+
+    fn tenant(&self) -> &'static str {
+        "acme"
     }
 }
 
@@ -114,11 +133,11 @@ impl Harness {
         }
     }
 
-    fn ctx(&self) -> Ctx<'_> {
+    fn ctx<'a>(classifier: &'a Classifier, protected: &'a ProtectedColumns) -> Ctx<'a> {
         Ctx {
-            classifier: &self.classifier,
-            protected: &self.protected,
-            row_hook: self.hook.as_ref().map(|h| h as &dyn RowHook),
+            classifier,
+            protected,
+            known_oids: None,
             metrics: SessionMetrics::get(),
         }
     }
@@ -127,7 +146,11 @@ impl Harness {
         let mut input = BytesMut::from(input);
         let mut out = BytesMut::new();
         let mut relay = std::mem::take(&mut self.relay);
-        let r = relay.on_client(&self.ctx(), &mut input, &mut out);
+        let r = relay.on_client(
+            &Self::ctx(&self.classifier, &self.protected),
+            &mut input,
+            &mut out,
+        );
         self.relay = relay;
         r.unwrap();
         out
@@ -137,7 +160,13 @@ impl Harness {
         let mut input = BytesMut::from(input);
         let mut out = BytesMut::new();
         let mut relay = std::mem::take(&mut self.relay);
-        let r = relay.on_backend(&self.ctx(), &mut input, &mut out);
+        let hook = self.hook.as_mut().map(|h| h as &mut dyn RowHook);
+        let r = relay.on_backend(
+            &Self::ctx(&self.classifier, &self.protected),
+            hook,
+            &mut input,
+            &mut out,
+        );
         self.relay = relay;
         r.map(|()| out)
     }
@@ -186,7 +215,7 @@ fn partial_frames_wait_for_the_rest() {
     let ctx = Ctx {
         classifier: &classifier,
         protected: &protected,
-        row_hook: None,
+        known_oids: None,
         metrics: SessionMetrics::get(),
     };
     ctx_relay.on_client(&ctx, &mut input, &mut out).unwrap();
@@ -328,8 +357,102 @@ fn marked_rows_without_a_hook_fail_closed() {
     let mut h = Harness::new();
     h.protected.insert(16_400, 2, 0);
     h.client(&msg(b'Q', b"select c from t\0"));
-    let r = h.backend(&cat(&[row_desc(16_400, 2), data_row("ciphertext")]));
-    assert!(matches!(r, Err(RelayError::Refused(_))));
+    let out = h
+        .backend(&cat(&[
+            row_desc(16_400, 2),
+            data_row("ciphertext"),
+            complete(),
+            ready(b'I'),
+        ]))
+        .unwrap();
+    // The row description passes, the row is replaced by an error, and the
+    // session is back in step at ReadyForQuery.
+    assert_eq!(tags(out.clone()), vec!['T', 'E', 'Z']);
+    assert!(!String::from_utf8_lossy(&out).contains("ciphertext"));
+    assert!(h.relay.is_idle());
+}
+
+#[test]
+fn stale_catalog_leaves_the_row_description_unconsumed() {
+    let mut h = Harness::new();
+    h.protected.insert(16_400, 2, 0);
+    h.client(&msg(b'Q', b"select c from v\0"));
+    let known = std::collections::HashSet::from([16_400_u32]);
+    let ctx = Ctx {
+        classifier: &h.classifier,
+        protected: &h.protected,
+        known_oids: Some(&known),
+        metrics: SessionMetrics::get(),
+    };
+    let mut input = BytesMut::from(&row_desc(99_999, 1)[..]);
+    let mut out = BytesMut::new();
+    let r = h.relay.on_backend(&ctx, None, &mut input, &mut out);
+    assert!(matches!(r, Err(RelayError::StaleCatalog)));
+    assert!(out.is_empty());
+    assert_eq!(
+        &input[..],
+        &row_desc(99_999, 1)[..],
+        "frame kept for the retry"
+    );
+}
+
+/// Asks for the key once, then decrypts.
+struct NeedsKeyOnce(bool);
+
+impl RowHook for NeedsKeyOnce {
+    fn rewrite_row(
+        &mut self,
+        m: &RowMarks,
+        b: &[bool],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), CryptoFailure> {
+        if std::mem::replace(&mut self.0, true) {
+            Upper.rewrite_row(m, b, body, out)
+        } else {
+            Err(CryptoFailure::Need(Need::Key(1)))
+        }
+    }
+    fn encrypt_literal(&mut self, c: usize, v: &str) -> Result<String, CryptoFailure> {
+        Upper.encrypt_literal(c, v)
+    }
+    fn encrypt_param(&mut self, c: usize, v: &[u8], b: bool) -> Result<Vec<u8>, CryptoFailure> {
+        Upper.encrypt_param(c, v, b)
+    }
+    fn tenant(&self) -> &'static str {
+        "acme"
+    }
+}
+
+#[test]
+fn a_needed_key_stops_before_the_row_and_the_retry_completes_it() {
+    let mut h = Harness::new();
+    h.protected.insert(16_400, 2, 0);
+    h.client(&msg(b'Q', b"select c from t\0"));
+    let mut hook = NeedsKeyOnce(false);
+    let ctx = Ctx {
+        classifier: &h.classifier,
+        protected: &h.protected,
+        known_oids: None,
+        metrics: SessionMetrics::get(),
+    };
+    let mut input = cat(&[
+        row_desc(16_400, 2),
+        data_row("abc"),
+        complete(),
+        ready(b'I'),
+    ]);
+    let mut out = BytesMut::new();
+    let r = h
+        .relay
+        .on_backend(&ctx, Some(&mut hook), &mut input, &mut out);
+    assert!(matches!(r, Err(RelayError::Need(Need::Key(1)))));
+    assert_eq!(tags(out.clone()), vec!['T']);
+    h.relay
+        .on_backend(&ctx, Some(&mut hook), &mut input, &mut out)
+        .unwrap();
+    assert_eq!(tags(out.clone()), vec!['T', 'D', 'C', 'Z']);
+    assert!(String::from_utf8_lossy(&out).contains("ABC"));
 }
 
 #[test]

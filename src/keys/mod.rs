@@ -1,0 +1,21 @@
+//! Tenant data keys (SPEC §5, docs/KEYS.md): the envelope hierarchy from a
+//! tenant's KEK (in its KMS) to the DEK that encrypts its columns.
+//!
+//! - [`store`]: the wrapped DEKs in `byokpg.tenant_keys` of each region;
+//! - [`cache`]: unwrapped DEKs in memory, bounded, per-tenant TTL, single
+//!   flight, zeroized when dropped;
+//! - [`manager`]: [`KeyManager`], what the proxy asks for a tenant's key.
+
+pub mod cache;
+mod error;
+mod flight;
+pub mod manager;
+pub mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{CachedDek, DEFAULT_CAPACITY, DekCache};
+pub use error::KeyError;
+pub use manager::KeyManager;
+pub use store::{KeyStatus, RegionStore, StoreError, StoredKey};

@@ -1,0 +1,252 @@
+//! A session's view of its tenant's keys: field ciphers per (protected
+//! column, DEK version), valid only while the DEK is in the key cache, so
+//! eviction and the TTL take effect on open sessions too.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+
+use bytes::{BufMut, BytesMut};
+use zeroize::Zeroizing;
+
+use crate::catalog::{Catalog, ProtectedColumn};
+use crate::config::ColumnMode;
+use crate::crypto::{self, ColumnId, Dek, FieldCipher, Mode};
+use crate::keys::KeyManager;
+use crate::protocol::{PgError, messages};
+use crate::rewrite::{CryptoFailure, Need, RowHook};
+use crate::session::registry::RowMarks;
+
+struct Cached {
+    dek: Weak<Dek>,
+    cipher: FieldCipher,
+}
+
+pub struct SessionCrypto {
+    tenant: String,
+    keys: Arc<KeyManager>,
+    catalog: Arc<Catalog>,
+    ciphers: HashMap<(usize, u32), Cached>,
+    active_version: Option<u32>,
+}
+
+impl SessionCrypto {
+    pub fn new(tenant: &str, keys: Arc<KeyManager>, catalog: Arc<Catalog>) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            keys,
+            catalog,
+            ciphers: HashMap::new(),
+            active_version: None,
+        }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn set_catalog(&mut self, catalog: Arc<Catalog>) {
+        self.ciphers.clear();
+        self.catalog = catalog;
+    }
+
+    /// Fetch what a `Need` asked for (KMS call or cache), then the caller retries.
+    pub async fn fetch(&mut self, need: Need) -> Result<(), PgError> {
+        let r = match need {
+            Need::ActiveKey => self.keys.active_dek(&self.tenant).await.map(|(v, _)| {
+                self.active_version = Some(v);
+            }),
+            Need::Key(v) => self.keys.dek(&self.tenant, v).await.map(|_| ()),
+        };
+        r.map_err(|e| key_error(&e))
+    }
+
+    fn cipher(&mut self, column: usize, version: u32) -> Result<&FieldCipher, CryptoFailure> {
+        let dek = self
+            .keys
+            .cache()
+            .get(&self.tenant, version)
+            .ok_or(CryptoFailure::Need(Need::Key(version)))?;
+        let fresh = self
+            .ciphers
+            .get(&(column, version))
+            .is_some_and(|c| Weak::ptr_eq(&c.dek, &Arc::downgrade(&dek)));
+        if !fresh {
+            let col = self.column(column)?;
+            let id = ColumnId {
+                tenant: &self.tenant,
+                schema: &col.schema,
+                table: &col.table,
+                column: &col.column,
+            };
+            let cipher = FieldCipher::new(&dek, version, &id, mode(col.mode));
+            self.ciphers.insert(
+                (column, version),
+                Cached {
+                    dek: Arc::downgrade(&dek),
+                    cipher,
+                },
+            );
+        }
+        self.ciphers
+            .get(&(column, version))
+            .map(|c| &c.cipher)
+            .ok_or_else(|| CryptoFailure::Refuse(PgError::internal("cipher cache")))
+    }
+
+    fn column(&self, column: usize) -> Result<&ProtectedColumn, CryptoFailure> {
+        self.catalog
+            .columns
+            .get(column)
+            .ok_or_else(|| CryptoFailure::Refuse(PgError::internal("unknown protected column")))
+    }
+
+    fn active_cipher(&mut self, column: usize) -> Result<&FieldCipher, CryptoFailure> {
+        let v = self
+            .active_version
+            .ok_or(CryptoFailure::Need(Need::ActiveKey))?;
+        if self.keys.cache().get(&self.tenant, v).is_none() {
+            // The active DEK expired: ask again (the version may have changed).
+            self.active_version = None;
+            return Err(CryptoFailure::Need(Need::ActiveKey));
+        }
+        self.cipher(column, v)
+    }
+
+    /// Decrypt one stored value of `column` (wire format: text or binary).
+    fn decrypt_value(
+        &mut self,
+        column: usize,
+        stored: &[u8],
+        binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        let col = self.column(column)?.clone();
+        let corrupt = |why: &str| CryptoFailure::Refuse(data_corrupted(&col, why));
+        let envelope = match (col.is_bytea, binary) {
+            (true, true) => stored.to_vec(),
+            (true, false) => {
+                decode_bytea_text(stored).ok_or_else(|| corrupt("not a bytea value"))?
+            }
+            (false, _) => {
+                crypto::decode_text(stored).map_err(|_| corrupt("not byokpg ciphertext"))?
+            }
+        };
+        let header = crypto::peek_header(&envelope).map_err(|_| corrupt("malformed envelope"))?;
+        let cipher = self.cipher(column, header.dek_version)?;
+        let plain: Zeroizing<Vec<u8>> = cipher.decrypt(&envelope).map_err(|_| {
+            corrupt("authentication failed (tampered, moved, or another tenant's value)")
+        })?;
+        Ok(if col.is_bytea && !binary {
+            encode_bytea_text(&plain)
+        } else {
+            plain.to_vec()
+        })
+    }
+}
+
+impl RowHook for SessionCrypto {
+    fn rewrite_row(
+        &mut self,
+        marks: &RowMarks,
+        binary: &[bool],
+        body: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), CryptoFailure> {
+        let values = messages::parse_data_row(body)
+            .map_err(|_| CryptoFailure::Refuse(PgError::internal("malformed DataRow")))?;
+        let mut row = BytesMut::with_capacity(body.len() + 32);
+        let start = messages::begin_msg(&mut row, b'D');
+        row.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
+        for (i, v) in values.iter().enumerate() {
+            let mark = marks.marks.get(i).and_then(Option::as_ref);
+            match (v, mark) {
+                (Some(stored), Some(m)) => {
+                    let plain = self.decrypt_value(
+                        m.column,
+                        stored,
+                        binary.get(i).copied().unwrap_or(false),
+                    )?;
+                    row.put_i32(i32::try_from(plain.len()).unwrap_or(i32::MAX));
+                    row.put_slice(&plain);
+                }
+                (Some(raw), None) => {
+                    row.put_i32(i32::try_from(raw.len()).unwrap_or(i32::MAX));
+                    row.put_slice(raw);
+                }
+                (None, _) => row.put_i32(-1),
+            }
+        }
+        messages::finish_msg(&mut row, start);
+        out.extend_from_slice(&row);
+        Ok(())
+    }
+
+    fn encrypt_literal(&mut self, column: usize, value: &str) -> Result<String, CryptoFailure> {
+        let is_bytea = self.column(column)?.is_bytea;
+        let cipher = self.active_cipher(column)?;
+        if is_bytea {
+            let plain =
+                decode_bytea_text(value.as_bytes()).unwrap_or_else(|| value.as_bytes().to_vec());
+            Ok(format!(
+                "'{}'::bytea",
+                String::from_utf8_lossy(&encode_bytea_text(&cipher.encrypt(&plain)))
+            ))
+        } else {
+            Ok(format!("'{}'", cipher.encrypt_text(value.as_bytes())))
+        }
+    }
+
+    fn encrypt_param(
+        &mut self,
+        column: usize,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        let is_bytea = self.column(column)?.is_bytea;
+        let cipher = self.active_cipher(column)?;
+        Ok(match (is_bytea, binary) {
+            (true, true) => cipher.encrypt(value),
+            (true, false) => {
+                let plain = decode_bytea_text(value).unwrap_or_else(|| value.to_vec());
+                encode_bytea_text(&cipher.encrypt(&plain))
+            }
+            (false, _) => cipher.encrypt_text(value).into_bytes(),
+        })
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+fn mode(m: ColumnMode) -> Mode {
+    match m {
+        ColumnMode::Deterministic => Mode::Deterministic,
+        ColumnMode::Randomized => Mode::Randomized,
+    }
+}
+
+/// `\x0102...` (bytea_output = hex) to bytes.
+fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
+    let hex_part = s.strip_prefix(b"\\x")?;
+    hex::decode(hex_part).ok()
+}
+
+fn encode_bytea_text(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + b.len() * 2);
+    out.extend_from_slice(b"\\x");
+    out.extend_from_slice(hex::encode(b).as_bytes());
+    out
+}
+
+/// XX001 naming the column, never the value.
+pub fn data_corrupted(col: &ProtectedColumn, why: &str) -> PgError {
+    PgError::data_corrupted(format!(
+        "byokpg: cannot decrypt {}.{}.{}: {why}",
+        col.schema, col.table, col.column
+    ))
+}
+
+/// 58000 / 58030 / 08006 from the key manager, with its hint.
+pub fn key_error(e: &crate::keys::KeyError) -> PgError {
+    PgError::key_unavailable(e.sqlstate(), e.to_string()).with_hint(e.hint())
+}
