@@ -124,6 +124,11 @@ impl PgError {
         Self::new(Severity::Error, code, message)
     }
 
+    /// 0A000 or 42501: a statement byokpg refuses (from the planner).
+    pub fn refused(code: &'static str, message: String) -> Self {
+        Self::new(Severity::Error, code, message)
+    }
+
     /// 53300: the connection cap is reached.
     pub fn too_many_connections(limit: usize) -> Self {
         Self::new(

@@ -648,6 +648,7 @@ impl World {
             classifier: &self.classifier,
             protected: &self.protected,
             known_oids: None,
+            write: None,
             metrics: SessionMetrics::get(),
         }
     }
@@ -725,7 +726,7 @@ fn feed_client(relay: &mut Relay, ctx: &Ctx<'_>, parts: &[&[u8]]) -> (Vec<u8>, V
     let mut out = BytesMut::new();
     for p in parts {
         input.extend_from_slice(p);
-        if relay.on_client(ctx, &mut input, &mut out).is_err() {
+        if relay.on_client(ctx, None, &mut input, &mut out).is_err() {
             return (out.to_vec(), input.to_vec(), false);
         }
         if relay.terminated {
@@ -1137,7 +1138,7 @@ fn run_model(
         if sent < model.client.len() && (client_first || !answer_ready) {
             let mut input = BytesMut::from(&model.client[sent][..]);
             relay
-                .on_client(ctx, &mut input, &mut to_backend)
+                .on_client(ctx, None, &mut input, &mut to_backend)
                 .map_err(|e| format!("client message {sent}: {e}"))?;
             sent += 1;
         } else {

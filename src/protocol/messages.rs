@@ -316,6 +316,33 @@ pub fn bind_empty(out: &mut BytesMut, portal: &[u8], statement: &[u8]) {
     finish_msg(out, s);
 }
 
+/// Re-encode a `Bind` (after parameters were replaced).
+pub fn bind(out: &mut BytesMut, b: &Bind<'_>, params: &[Option<Vec<u8>>]) {
+    let s = begin_msg(out, b'B');
+    put_cstr(out, b.portal);
+    put_cstr(out, b.statement);
+    put_i16s(out, &b.param_formats);
+    out.put_i16(i16::try_from(params.len()).unwrap_or(i16::MAX));
+    for p in params {
+        match p {
+            Some(v) => {
+                out.put_i32(i32::try_from(v.len()).unwrap_or(i32::MAX));
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+    put_i16s(out, &b.result_formats);
+    finish_msg(out, s);
+}
+
+fn put_i16s(out: &mut BytesMut, v: &[i16]) {
+    out.put_i16(i16::try_from(v.len()).unwrap_or(i16::MAX));
+    for x in v {
+        out.put_i16(*x);
+    }
+}
+
 pub fn execute(out: &mut BytesMut, portal: &[u8], limit: i32) {
     let s = begin_msg(out, b'E');
     put_cstr(out, portal);

@@ -16,6 +16,18 @@ use crate::protocol::PgError;
 pub enum Plan {
     /// Refuse with this error; nothing of the statement reaches the database.
     Refuse(PgError),
+    /// Encrypt these bound parameters at each Bind.
+    Params(std::sync::Arc<ParamPlan>),
+}
+
+/// The Bind-time part of a prepared statement's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParamPlan {
+    /// (parameter index, 0-based; protected column in the region catalog).
+    pub encrypt: Vec<(usize, usize)>,
+    /// Parameters that must equal the connection's tenant (0-based), with
+    /// the table for the message.
+    pub tenant: Vec<(usize, String)>,
 }
 
 /// Plan a statement that may touch the protected tables in `hits`.

@@ -7,6 +7,7 @@ mod pump;
 pub mod registry;
 pub mod relay;
 mod startup;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -140,7 +141,7 @@ async fn establish(
 /// The region's catalog and the tenant's keys, when the policy protects
 /// anything. Without the catalog protected columns cannot be found in
 /// results, so the session is refused (fail closed).
-async fn protection(
+pub(crate) async fn protection(
     rt: &Runtime,
     shared: &Shared,
     tenant: &str,
@@ -153,9 +154,24 @@ async fn protection(
             "cannot read its catalog",
         ))
     })?;
-    let crypto = (!rt.config.tables.is_empty())
-        .then(|| crypto::SessionCrypto::new(tenant, shared.keys.clone(), catalog.clone()));
-    Ok(pump::Protection::new(region, catalog, crypto))
+    let policy = !rt.config.tables.is_empty();
+    let crypto =
+        policy.then(|| crypto::SessionCrypto::new(tenant, shared.keys.clone(), catalog.clone()));
+    let write = policy.then(|| write::WriteCtx::new(&rt.config, &catalog, next_generation()));
+    Ok(pump::Protection::new(
+        rt.config.clone(),
+        tenant,
+        region,
+        catalog,
+        crypto,
+        write,
+    ))
+}
+
+/// A fresh number for each planner view of the policy (plan cache key).
+pub(crate) fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The client's startup parameters that go on to the backend.

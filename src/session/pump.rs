@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::crypto::SessionCrypto;
 use super::relay::{Ctx, Relay, RelayError};
+use super::write::WriteCtx;
 use super::{Identity, SessionError};
 use crate::backend::Backend;
 use crate::catalog::Catalog;
@@ -48,8 +49,15 @@ struct Io {
 
 /// What the session knows about protected columns of its region.
 pub struct Protection {
+    /// The configuration this protection was built from: when a reload
+    /// swaps it, the session rebuilds before its next message (fail closed:
+    /// a table newly added to the policy is protected at once).
+    pub config: Arc<crate::config::Config>,
+    pub tenant: String,
     pub region: String,
     pub catalog: Arc<Catalog>,
+    /// The planner's view of the policy; `None` without a policy.
+    pub write: Option<WriteCtx>,
     /// `None` when the policy protects nothing.
     pub crypto: Option<SessionCrypto>,
     /// The catalog was just refreshed: do not ask for another refresh for
@@ -58,10 +66,20 @@ pub struct Protection {
 }
 
 impl Protection {
-    pub fn new(region: &str, catalog: Arc<Catalog>, crypto: Option<SessionCrypto>) -> Self {
+    pub fn new(
+        config: Arc<crate::config::Config>,
+        tenant: &str,
+        region: &str,
+        catalog: Arc<Catalog>,
+        crypto: Option<SessionCrypto>,
+        write: Option<WriteCtx>,
+    ) -> Self {
         Self {
+            config,
+            tenant: tenant.to_owned(),
             region: region.to_owned(),
             catalog,
+            write,
             crypto,
             refreshed: false,
         }
@@ -142,9 +160,7 @@ async fn run_loop(
                     return Ok(End::ClientClosed);
                 }
                 metrics.bytes_client_to_server.increment(n as u64);
-                let rt = shared.runtime.load();
-                let ctx = Ctx { classifier: &rt.classifier, protected: &prot.catalog.by_attr, known_oids: None, metrics };
-                relay.on_client(&ctx, &mut io.from_client, &mut io.to_backend)?;
+                from_client(io, relay, shared, prot).await?;
                 if !idle_timeout.is_zero() {
                     idle.as_mut().reset(Instant::now() + idle_timeout);
                 }
@@ -169,11 +185,13 @@ async fn from_backend(
     shared: &Shared,
     prot: &mut Protection,
 ) -> Result<(), SessionError> {
+    follow_reload(shared, prot).await?;
     loop {
         let rt = shared.runtime.load();
         let policy = !rt.config.tables.is_empty();
         let known = (policy && !prot.refreshed).then_some(&prot.catalog.known_oids);
         let ctx = Ctx {
+            write: prot.write.as_ref(),
             classifier: &rt.classifier,
             protected: &prot.catalog.by_attr,
             known_oids: known,
@@ -202,6 +220,10 @@ async fn from_backend(
                         if let Some(c) = prot.crypto.as_mut() {
                             c.set_catalog(cat.clone());
                         }
+                        if prot.write.is_some() {
+                            prot.write =
+                                Some(WriteCtx::new(&rt.config, &cat, super::next_generation()));
+                        }
                         prot.catalog = cat;
                     }
                     Err(e) => {
@@ -218,6 +240,56 @@ async fn from_backend(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Relay what the client sent, fetching the tenant's key when a statement
+/// needs it; a key that cannot be had refuses that statement only.
+async fn from_client(
+    io: &mut Io,
+    relay: &mut Relay,
+    shared: &Shared,
+    prot: &mut Protection,
+) -> Result<(), SessionError> {
+    follow_reload(shared, prot).await?;
+    loop {
+        let rt = shared.runtime.load();
+        let ctx = Ctx {
+            write: prot.write.as_ref(),
+            classifier: &rt.classifier,
+            protected: &prot.catalog.by_attr,
+            known_oids: None,
+            metrics: SessionMetrics::get(),
+        };
+        let hook = prot.crypto.as_mut().map(|c| c as &mut dyn RowHook);
+        match relay.on_client(&ctx, hook, &mut io.from_client, &mut io.to_backend) {
+            Ok(()) => return Ok(()),
+            Err(RelayError::Need(need)) => {
+                let Some(crypto) = prot.crypto.as_mut() else {
+                    return Err(SessionError::Client(PgError::internal(
+                        "a key was needed without a policy",
+                    )));
+                };
+                if let Err(e) = crypto.fetch(need).await {
+                    relay.refuse_next_client_message(
+                        &e,
+                        &mut io.from_client,
+                        &mut io.to_backend,
+                    )?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Rebuild the session's protection when the configuration was reloaded.
+async fn follow_reload(shared: &Shared, prot: &mut Protection) -> Result<(), SessionError> {
+    let rt = shared.runtime.load_full();
+    if Arc::ptr_eq(&prot.config, &rt.config) {
+        return Ok(());
+    }
+    *prot = super::protection(&rt, shared, &prot.tenant.clone(), &prot.region.clone()).await?;
+    Ok(())
 }
 
 fn reserve(buf: &mut BytesMut) {

@@ -12,10 +12,13 @@ use bytes::{Buf as _, BytesMut};
 use super::registry::{
     ColumnMark, DescribeTarget, Expect, Pending, Portal, Registry, RowMarks, Statement,
 };
+use super::write::{self, PlanCache, Rewritten, WriteCtx};
 use crate::metrics::SessionMetrics;
 use crate::protocol::frame::frame_len;
 use crate::protocol::{FrameError, PgError, ProtocolError, messages};
-use crate::rewrite::{self, Classifier, CryptoFailure, Need, Plan, ProtectedColumns, RowHook};
+use crate::rewrite::{
+    self, Classifier, CryptoFailure, Need, ParamPlan, Plan, ProtectedColumns, RowHook,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -48,6 +51,8 @@ pub struct Ctx<'a> {
     /// Relation OIDs the catalog knows, when a policy exists: a
     /// RowDescription naming another OID makes the session refresh it.
     pub known_oids: Option<&'a std::collections::HashSet<u32>>,
+    /// The policy as the planner sees it; `None` = refuse flagged statements.
+    pub write: Option<&'a WriteCtx>,
     pub metrics: &'a SessionMetrics,
 }
 
@@ -74,6 +79,7 @@ pub struct Relay {
     suppress: bool,
     /// The backend is in copy-in mode for an extended-protocol Execute.
     copy_in: bool,
+    plans: PlanCache,
 }
 
 impl Default for Relay {
@@ -87,6 +93,7 @@ impl Default for Relay {
             skipping: false,
             suppress: false,
             copy_in: false,
+            plans: PlanCache::default(),
         }
     }
 }
@@ -107,14 +114,16 @@ impl Relay {
 
     /// Consume every complete client frame in `input`, appending what goes to
     /// the backend to `out`. Incomplete trailing bytes stay in `input`.
+    /// On `RelayError::Need` the frame that needs a key is still in `input`.
     pub fn on_client(
         &mut self,
         ctx: &Ctx<'_>,
+        mut hook: Option<&mut (dyn RowHook + '_)>,
         input: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         while let Some(len) = frame_len(input)? {
-            self.client_frame(ctx, &input[..len], out)?;
+            self.client_frame(ctx, hook.as_deref_mut(), &input[..len], out)?;
             input.advance(len);
             if self.terminated {
                 break;
@@ -126,16 +135,27 @@ impl Relay {
     fn client_frame(
         &mut self,
         ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         let body = &frame[5..];
         match frame[0] {
-            b'Q' => return self.client_query(ctx, frame, out),
-            b'P' => return self.client_parse(ctx, frame, out),
+            b'Q' => return self.client_query(ctx, hook, frame, out),
+            b'P' => return self.client_parse(ctx, hook, frame, out),
             b'B' => {
                 let head = messages::parse_bind_head(body)?;
                 let statement = self.registry.statement(head.statement);
+                if let Some(Plan::Params(pp)) = statement.as_ref().and_then(|s| s.plan.as_ref()) {
+                    return self.client_bind_protected(
+                        ctx,
+                        hook,
+                        &pp.clone(),
+                        statement.clone(),
+                        frame,
+                        out,
+                    );
+                }
                 // Result formats only matter when a column can be marked; the
                 // fast path does not decode the rest of the Bind.
                 let result_formats = if ctx.protected.is_empty() {
@@ -220,52 +240,141 @@ impl Relay {
     fn client_query(
         &mut self,
         ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         let sql = messages::parse_query(&frame[5..])?;
+        let outcome = self.plan_flagged(ctx, hook, sql, false)?;
         self.pending.push_back(Expect::Simple);
-        let hits = ctx.classifier.hits(sql);
-        if hits.is_empty() {
-            ctx.metrics.stmt_passthrough.increment(1);
-            out.extend_from_slice(frame);
-            return Ok(());
-        }
-        match rewrite::plan(&hits) {
-            Plan::Refuse(err) => {
-                ctx.metrics.stmt_refused.increment(1);
-                messages::query(out, raise_sql(&err).as_bytes());
-            }
+        match outcome {
+            Rewritten::Unchanged => out.extend_from_slice(frame),
+            Rewritten::Sql { sql, .. } => messages::query(out, sql.as_bytes()),
+            Rewritten::Refuse(err) => messages::query(out, raise_sql(&err).as_bytes()),
         }
         Ok(())
+    }
+
+    /// Classify, then plan only what the classifier flagged. Counts the
+    /// statement in the metrics once it is decided.
+    fn plan_flagged(
+        &mut self,
+        ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
+        sql: &[u8],
+        extended: bool,
+    ) -> Result<Rewritten, RelayError> {
+        let hits = ctx.classifier.hits(sql);
+        let outcome = if hits.is_empty() {
+            Rewritten::Unchanged
+        } else if let Some(w) = ctx.write {
+            write::rewrite(&mut self.plans, w, hook, sql, extended).map_err(RelayError::Need)?
+        } else {
+            let Plan::Refuse(err) = rewrite::plan(&hits) else {
+                return Err(RelayError::Refused(PgError::internal("unexpected plan")));
+            };
+            Rewritten::Refuse(err)
+        };
+        let m = ctx.metrics;
+        match &outcome {
+            Rewritten::Unchanged => m.stmt_passthrough.increment(1),
+            Rewritten::Sql { .. } => m.stmt_rewritten.increment(1),
+            Rewritten::Refuse(_) => m.stmt_refused.increment(1),
+        }
+        Ok(outcome)
     }
 
     fn client_parse(
         &mut self,
         ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         let parse = messages::parse_parse(&frame[5..])?;
-        let hits = ctx.classifier.hits(parse.sql);
-        if hits.is_empty() {
-            ctx.metrics.stmt_passthrough.increment(1);
-            let stmt = Arc::new(Statement::default());
-            self.registry.add_statement(parse.name, stmt.clone());
-            self.pending.push_back(Expect::Parse {
-                name: parse.name.to_vec(),
-                statement: Some(stmt),
-                swallow: false,
-            });
-            out.extend_from_slice(frame);
-            return Ok(());
+        let (plan, sql) = match self.plan_flagged(ctx, hook, parse.sql, true)? {
+            Rewritten::Refuse(err) => {
+                self.refuse_extended(&err, out);
+                return Ok(());
+            }
+            Rewritten::Unchanged => (None, None),
+            Rewritten::Sql { sql, params } => (params.map(Plan::Params), Some(sql)),
+        };
+        let stmt = Arc::new(Statement {
+            plan,
+            ..Statement::default()
+        });
+        self.registry.add_statement(parse.name, stmt.clone());
+        self.pending.push_back(Expect::Parse {
+            name: parse.name.to_vec(),
+            statement: Some(stmt),
+            swallow: false,
+        });
+        match sql {
+            None => out.extend_from_slice(frame),
+            Some(sql) => messages::parse(out, parse.name, sql.as_bytes(), &parse.param_types),
         }
-        match rewrite::plan(&hits) {
-            Plan::Refuse(err) => {
+        Ok(())
+    }
+
+    /// Bind of a statement with protected parameters: encrypt them, check
+    /// the tenant ones, and send the rewritten Bind.
+    fn client_bind_protected(
+        &mut self,
+        ctx: &Ctx<'_>,
+        hook: Option<&mut (dyn RowHook + '_)>,
+        plan: &ParamPlan,
+        statement: Option<Arc<Statement>>,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), RelayError> {
+        let bind = messages::parse_bind(&frame[5..])?;
+        let Some(hook) = hook else {
+            return Err(RelayError::Refused(PgError::internal(
+                "protected statement without keys",
+            )));
+        };
+        let params = match bind_params(plan, &bind, hook) {
+            Ok(p) => p,
+            Err(CryptoFailure::Need(n)) => return Err(RelayError::Need(n)),
+            Err(CryptoFailure::Refuse(err)) => {
                 ctx.metrics.stmt_refused.increment(1);
                 self.refuse_extended(&err, out);
+                return Ok(());
             }
+        };
+        let result_formats = (!ctx.protected.is_empty()).then(|| bind.result_formats.clone());
+        self.registry.bind(
+            bind.portal,
+            Portal {
+                statement,
+                row_marks: None,
+                result_formats,
+            },
+        );
+        self.pending.push_back(Expect::Bind { swallow: false });
+        messages::bind(out, &bind, &params);
+        Ok(())
+    }
+
+    /// The next client message could not get its key: consume it and refuse
+    /// it in place (its transaction fails as on a PostgreSQL error).
+    pub fn refuse_next_client_message(
+        &mut self,
+        err: &PgError,
+        input: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<(), RelayError> {
+        let Some(len) = frame_len(input)? else {
+            return Ok(());
+        };
+        if input[0] == b'Q' {
+            self.pending.push_back(Expect::Simple);
+            messages::query(out, raise_sql(err).as_bytes());
+        } else {
+            self.refuse_extended(err, out);
         }
+        input.advance(len);
         Ok(())
     }
 
@@ -551,6 +660,37 @@ fn mark_columns(ctx: &Ctx<'_>, body: &[u8]) -> Result<Option<Arc<RowMarks>>, Rel
         .iter()
         .any(Option::is_some)
         .then(|| Arc::new(RowMarks { marks, binary })))
+}
+
+/// Parameters of a Bind with the protected ones encrypted.
+fn bind_params(
+    plan: &ParamPlan,
+    bind: &messages::Bind<'_>,
+    hook: &mut (dyn RowHook + '_),
+) -> Result<Vec<Option<Vec<u8>>>, CryptoFailure> {
+    let binary = |i: usize| match bind.param_formats.as_slice() {
+        [] => false,
+        [one] => *one == 1,
+        many => many.get(i).is_some_and(|f| *f == 1),
+    };
+    for (i, table) in &plan.tenant {
+        let value = bind.params.get(*i).copied().flatten();
+        if value != Some(hook.tenant().as_bytes()) {
+            return Err(CryptoFailure::Refuse(PgError::refused(
+                "42501",
+                format!(
+                    "byokpg: a row of {table} names another tenant; this connection writes only its own tenant's rows"
+                ),
+            )));
+        }
+    }
+    let mut out: Vec<Option<Vec<u8>>> = bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
+    for (i, column) in &plan.encrypt {
+        if let Some(Some(v)) = bind.params.get(*i) {
+            out[*i] = Some(hook.encrypt_param(*column, v, binary(*i))?);
+        }
+    }
+    Ok(out)
 }
 
 /// SQL that makes the backend raise `err` (SQLSTATE, message and hint).

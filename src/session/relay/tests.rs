@@ -138,6 +138,7 @@ impl Harness {
             classifier,
             protected,
             known_oids: None,
+            write: None,
             metrics: SessionMetrics::get(),
         }
     }
@@ -146,8 +147,10 @@ impl Harness {
         let mut input = BytesMut::from(input);
         let mut out = BytesMut::new();
         let mut relay = std::mem::take(&mut self.relay);
+        let hook = self.hook.as_mut().map(|h| h as &mut dyn RowHook);
         let r = relay.on_client(
             &Self::ctx(&self.classifier, &self.protected),
+            hook,
             &mut input,
             &mut out,
         );
@@ -216,13 +219,18 @@ fn partial_frames_wait_for_the_rest() {
         classifier: &classifier,
         protected: &protected,
         known_oids: None,
+        write: None,
         metrics: SessionMetrics::get(),
     };
-    ctx_relay.on_client(&ctx, &mut input, &mut out).unwrap();
+    ctx_relay
+        .on_client(&ctx, None, &mut input, &mut out)
+        .unwrap();
     assert!(out.is_empty());
     assert_eq!(input.len(), 4);
     input.extend_from_slice(&q[4..]);
-    ctx_relay.on_client(&ctx, &mut input, &mut out).unwrap();
+    ctx_relay
+        .on_client(&ctx, None, &mut input, &mut out)
+        .unwrap();
     assert_eq!(&out[..], &q[..]);
 }
 
@@ -382,6 +390,7 @@ fn stale_catalog_leaves_the_row_description_unconsumed() {
         classifier: &h.classifier,
         protected: &h.protected,
         known_oids: Some(&known),
+        write: None,
         metrics: SessionMetrics::get(),
     };
     let mut input = BytesMut::from(&row_desc(99_999, 1)[..]);
@@ -434,6 +443,7 @@ fn a_needed_key_stops_before_the_row_and_the_retry_completes_it() {
         classifier: &h.classifier,
         protected: &h.protected,
         known_oids: None,
+        write: None,
         metrics: SessionMetrics::get(),
     };
     let mut input = cat(&[

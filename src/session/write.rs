@@ -1,0 +1,226 @@
+//! The write path of a session: a statement the classifier flagged is
+//! planned (cached by SQL text), its protected literals are encrypted and
+//! spliced in, and the Bind-time parameter plan is derived. Pure: no I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::protocol::PgError;
+use crate::rewrite::plan::{
+    self, ColumnRef, PolicyTable, PolicyView, Refusal, StatementPlan, TenantCheck,
+};
+use crate::rewrite::{CryptoFailure, Need, ParamPlan, RowHook};
+
+/// What the write path needs to know about the session's region.
+pub struct WriteCtx {
+    pub policy: PolicyView,
+    /// Planner column → protected column index in the region catalog.
+    columns: HashMap<ColumnRef, usize>,
+    /// Changes whenever the catalog or policy changes (plan cache key).
+    pub generation: u64,
+}
+
+impl WriteCtx {
+    pub fn new(config: &Config, catalog: &Catalog, generation: u64) -> Self {
+        let tables: Vec<PolicyTable> = config
+            .tables
+            .iter()
+            .map(|t| {
+                let (schema, table) = (t.schema(), t.table());
+                let all_columns = catalog
+                    .relations
+                    .iter()
+                    .find(|r| !r.is_view && r.schema == schema && r.name == table)
+                    .map(|r| r.columns.clone());
+                PolicyTable {
+                    schema,
+                    table,
+                    tenant_column: t.tenant_column.clone(),
+                    columns: t.columns.iter().map(|(c, m)| (c.clone(), *m)).collect(),
+                    append_only: t.append_only,
+                    all_columns,
+                }
+            })
+            .collect();
+        let policy = PolicyView::new(tables);
+        let mut columns = HashMap::new();
+        for (ti, t) in policy.tables().iter().enumerate() {
+            for (ci, (name, _)) in t.columns.iter().enumerate() {
+                let found = catalog
+                    .columns
+                    .iter()
+                    .position(|c| c.schema == t.schema && c.table == t.table && &c.column == name);
+                if let Some(idx) = found {
+                    columns.insert(
+                        ColumnRef {
+                            table: ti,
+                            column: ci,
+                        },
+                        idx,
+                    );
+                }
+            }
+        }
+        Self {
+            policy,
+            columns,
+            generation,
+        }
+    }
+
+    fn column(&self, c: ColumnRef) -> Result<usize, PgError> {
+        self.columns.get(&c).copied().ok_or_else(|| {
+            PgError::refused(
+                "0A000",
+                format!(
+                    "byokpg: protected column {} was not found in the database; create the table, then retry",
+                    self.policy.column_display(c)
+                ),
+            )
+        })
+    }
+}
+
+/// Outcome of the write path for one statement text.
+#[derive(Debug)]
+pub enum Rewritten {
+    /// Touches no protected column: relay the original bytes.
+    Unchanged,
+    /// Send this SQL instead; bind parameters per `params`.
+    Sql {
+        sql: String,
+        params: Option<Arc<ParamPlan>>,
+    },
+    Refuse(PgError),
+}
+
+/// Per-session cache of plans by SQL text, so a statement re-parsed over
+/// and over (the unnamed statement of most drivers) is planned once.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    generation: u64,
+    plans: HashMap<Vec<u8>, Arc<Result<Vec<StatementPlan>, Refusal>>>,
+}
+
+const PLAN_CACHE_ENTRIES: usize = 256;
+
+impl PlanCache {
+    fn get(&mut self, w: &WriteCtx, sql: &str) -> Arc<Result<Vec<StatementPlan>, Refusal>> {
+        if self.generation != w.generation {
+            self.plans.clear();
+            self.generation = w.generation;
+        }
+        if let Some(p) = self.plans.get(sql.as_bytes()) {
+            return p.clone();
+        }
+        if self.plans.len() >= PLAN_CACHE_ENTRIES {
+            self.plans.clear();
+        }
+        let p = Arc::new(plan::plan(sql, &w.policy));
+        self.plans.insert(sql.as_bytes().to_vec(), p.clone());
+        p
+    }
+}
+
+/// Plan and rewrite `sql`. `Err(Need)` = fetch a key and call again; nothing
+/// was changed.
+pub fn rewrite(
+    cache: &mut PlanCache,
+    w: &WriteCtx,
+    hook: Option<&mut (dyn RowHook + '_)>,
+    sql: &[u8],
+    extended: bool,
+) -> Result<Rewritten, Need> {
+    let Ok(sql) = std::str::from_utf8(sql) else {
+        return Ok(Rewritten::Refuse(PgError::refused(
+            "0A000",
+            "byokpg: a statement on a protected table must be valid UTF-8 (client_encoding UTF8)"
+                .to_owned(),
+        )));
+    };
+    let planned = cache.get(w, sql);
+    let plans = match planned.as_ref() {
+        Err(refusal) => return Ok(Rewritten::Refuse(refused(refusal))),
+        Ok(p) if !p.iter().any(|s| s.touches) => return Ok(Rewritten::Unchanged),
+        Ok(p) => p,
+    };
+    let Some(hook) = hook else {
+        return Ok(Rewritten::Refuse(PgError::internal(
+            "protected statement without keys",
+        )));
+    };
+    match prepare(w, hook, plans, sql, extended) {
+        Ok(r) => Ok(r),
+        Err(CryptoFailure::Need(n)) => Err(n),
+        Err(CryptoFailure::Refuse(e)) => Ok(Rewritten::Refuse(e)),
+    }
+}
+
+fn refused(r: &Refusal) -> PgError {
+    PgError::refused(r.sqlstate(), r.message())
+}
+
+fn prepare(
+    w: &WriteCtx,
+    hook: &mut (dyn RowHook + '_),
+    plans: &[StatementPlan],
+    sql: &str,
+    extended: bool,
+) -> Result<Rewritten, CryptoFailure> {
+    let tenant = hook.tenant().to_owned();
+    let refuse = |e: PgError| CryptoFailure::Refuse(e);
+    let mut params = ParamPlan::default();
+    for p in plans.iter().filter(|p| p.touches) {
+        p.check_tenant_literals(&tenant, &w.policy)
+            .map_err(|r| refuse(refused(&r)))?;
+        if p.copy.is_some() {
+            return Err(refuse(PgError::refused(
+                "0A000",
+                "byokpg: COPY on a protected table is not supported by this build".to_owned(),
+            )));
+        }
+        if !extended && !p.params.is_empty() {
+            return Err(refuse(PgError::refused(
+                "0A000",
+                "byokpg: parameters in a simple query".to_owned(),
+            )));
+        }
+        for (n, col) in &p.params {
+            params
+                .encrypt
+                .push((n.saturating_sub(1), w.column(*col).map_err(refuse)?));
+        }
+        for check in &p.tenant_checks {
+            if let TenantCheck::Param { table, param } = check {
+                params.tenant.push((
+                    param.saturating_sub(1),
+                    w.policy.table(*table).display_name(),
+                ));
+            }
+        }
+    }
+    // Encrypt every literal first (a Need aborts before anything changes).
+    let mut encrypted: HashMap<usize, String> = HashMap::new();
+    for slot in plans.iter().flat_map(|p| &p.literals) {
+        let col = w.column(slot.column).map_err(refuse)?;
+        encrypted.insert(slot.range.start, hook.encrypt_literal(col, &slot.value)?);
+    }
+    let sql = plan::splice_all(
+        plans,
+        sql,
+        // Every slot was encrypted above; were one missing, an invalid token
+        // makes the statement fail instead of storing something else.
+        |slot| {
+            encrypted
+                .get(&slot.range.start)
+                .cloned()
+                .unwrap_or_else(|| "byokpg_missing_ciphertext".to_owned())
+        },
+        &tenant,
+    );
+    let params =
+        (!params.encrypt.is_empty() || !params.tenant.is_empty()).then(|| Arc::new(params));
+    Ok(Rewritten::Sql { sql, params })
+}
