@@ -192,7 +192,10 @@ async fn from_backend(
         let known = (policy && !prot.refreshed).then_some(&prot.catalog.known_oids);
         let ctx = Ctx {
             write: prot.write.as_ref(),
-            classifier: &rt.classifier,
+            classifier: prot
+                .write
+                .as_ref()
+                .map_or(&rt.classifier, |w| &w.classifier),
             protected: &prot.catalog.by_attr,
             known_oids: known,
             metrics: SessionMetrics::get(),
@@ -255,7 +258,10 @@ async fn from_client(
         let rt = shared.runtime.load();
         let ctx = Ctx {
             write: prot.write.as_ref(),
-            classifier: &rt.classifier,
+            classifier: prot
+                .write
+                .as_ref()
+                .map_or(&rt.classifier, |w| &w.classifier),
             protected: &prot.catalog.by_attr,
             known_oids: None,
             metrics: SessionMetrics::get(),

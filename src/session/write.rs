@@ -16,6 +16,9 @@ use crate::rewrite::{CryptoFailure, Need, ParamPlan, RowHook};
 /// What the write path needs to know about the session's region.
 pub struct WriteCtx {
     pub policy: PolicyView,
+    /// The runtime classifier's tables plus this region's views over them:
+    /// a statement naming such a view is planned like one on the table.
+    pub classifier: crate::rewrite::Classifier,
     /// Planner column → protected column index in the region catalog.
     columns: HashMap<ColumnRef, usize>,
     /// Changes whenever the catalog or policy changes (plan cache key).
@@ -24,7 +27,7 @@ pub struct WriteCtx {
 
 impl WriteCtx {
     pub fn new(config: &Config, catalog: &Catalog, generation: u64) -> Self {
-        let tables: Vec<PolicyTable> = config
+        let mut tables: Vec<PolicyTable> = config
             .tables
             .iter()
             .map(|t| {
@@ -44,9 +47,8 @@ impl WriteCtx {
                 }
             })
             .collect();
-        let policy = PolicyView::new(tables);
         let mut columns = HashMap::new();
-        for (ti, t) in policy.tables().iter().enumerate() {
+        for (ti, t) in tables.iter().enumerate() {
             for (ci, (name, _)) in t.columns.iter().enumerate() {
                 let found = catalog
                     .columns
@@ -63,8 +65,13 @@ impl WriteCtx {
                 }
             }
         }
+        add_views(catalog, &mut tables, &mut columns);
+        let classifier = crate::rewrite::Classifier::new(
+            tables.iter().map(|t| (t.table.clone(), t.display_name())),
+        );
         Self {
-            policy,
+            policy: PolicyView::new(tables),
+            classifier,
             columns,
             generation,
         }
@@ -80,6 +87,44 @@ impl WriteCtx {
                 ),
             )
         })
+    }
+}
+
+/// Views over protected tables become policy relations whose protected
+/// columns map to the base columns (so values are encrypted under the base
+/// column's key and identity, whichever name the statement uses).
+fn add_views(
+    catalog: &Catalog,
+    tables: &mut Vec<PolicyTable>,
+    columns: &mut HashMap<ColumnRef, usize>,
+) {
+    for view in catalog.views() {
+        let mut cols = Vec::new();
+        for (i, name) in view.columns.iter().enumerate() {
+            let attnum = i16::try_from(i + 1).unwrap_or(i16::MAX);
+            if let Some(idx) = catalog.by_attr.get(view.oid, attnum) {
+                let ti = tables.len();
+                columns.insert(
+                    ColumnRef {
+                        table: ti,
+                        column: cols.len(),
+                    },
+                    idx,
+                );
+                cols.push((name.clone(), catalog.columns[idx].mode));
+            }
+        }
+        if cols.is_empty() {
+            continue;
+        }
+        tables.push(PolicyTable {
+            schema: view.schema.clone(),
+            table: view.name.clone(),
+            tenant_column: None,
+            columns: cols,
+            append_only: false,
+            all_columns: Some(view.columns.clone()),
+        });
     }
 }
 
