@@ -189,7 +189,8 @@ pub fn banner(port: u16) -> String {
          Connect as tenant acme (region us), globex (eu) or initech (apac):\n\
          \x20 psql \"{}\"\n\x20 psql \"{}\"\n\x20 psql \"{}\"\n\n\
          Try:  select * from orders;   -- relayed to the tenant's region database\n\
-         \x20     select * from customers; -- refused (0A000): protected by the policy, and this build does not encrypt yet\n\
+         \x20     insert into customers (email, ssn) values ('ann@example.com', '078-05-1120');\n\
+         \x20     select * from customers where email = 'ann@example.com';  -- decrypted; the database holds only byok1:...\n\
          Metrics: curl http://127.0.0.1:{}/metrics\n",
         url("acme"),
         url("globex"),

@@ -19,6 +19,8 @@ pub struct WriteCtx {
     /// The runtime classifier's tables plus this region's views over them:
     /// a statement naming such a view is planned like one on the table.
     pub classifier: crate::rewrite::Classifier,
+    /// Display names of append-only tables (classifier hits use these).
+    append_only: Vec<String>,
     /// Planner column → protected column index in the region catalog.
     columns: HashMap<ColumnRef, usize>,
     /// Changes whenever the catalog or policy changes (plan cache key).
@@ -65,6 +67,11 @@ impl WriteCtx {
                 }
             }
         }
+        let append_only = tables
+            .iter()
+            .filter(|t| t.append_only)
+            .map(PolicyTable::display_name)
+            .collect();
         add_views(catalog, &mut tables, &mut columns);
         let classifier = crate::rewrite::Classifier::new(
             tables.iter().map(|t| (t.table.clone(), t.display_name())),
@@ -72,9 +79,28 @@ impl WriteCtx {
         Self {
             policy: PolicyView::new(tables),
             classifier,
+            append_only,
             columns,
             generation,
         }
+    }
+
+    /// Append-only enforcement and hash chains arrive with the audit
+    /// feature; until then only a single plain SELECT may touch such a table
+    /// (fail closed: an UPDATE must not go through just because nothing
+    /// enforces it yet).
+    pub fn append_only_refusal(&self, hits: &[String], sql: &[u8]) -> Option<PgError> {
+        let table = hits.iter().find(|h| self.append_only.contains(h))?;
+        let text = String::from_utf8_lossy(sql);
+        let body = text.trim().trim_end_matches(';');
+        let plain_select =
+            body.len() >= 6 && body[..6].eq_ignore_ascii_case("select") && !body.contains(';');
+        (!plain_select).then(|| {
+            PgError::refused(
+                "0A000",
+                format!("byokpg: {table} is append-only; writes to it are not supported by this build (only SELECT)"),
+            )
+        })
     }
 
     fn column(&self, c: ColumnRef) -> Result<usize, PgError> {
