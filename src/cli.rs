@@ -138,7 +138,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
 fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all();
+    // Defence in depth for recursive SQL analysis (inputs are bounded by
+    // rewrite::complexity first; a stack overflow would abort every session).
+    b.enable_all().thread_stack_size(16 * 1024 * 1024);
     if let Some(n) = workers {
         b.worker_threads(n.max(1));
     }

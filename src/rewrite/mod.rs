@@ -5,6 +5,7 @@
 //! live. A plan is attached to a prepared statement once, at Parse time.
 
 pub mod classify;
+pub mod complexity;
 pub mod plan;
 
 pub use classify::Classifier;

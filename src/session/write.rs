@@ -211,6 +211,12 @@ pub fn rewrite(
                 .to_owned(),
         )));
     };
+    if crate::rewrite::complexity::too_complex(sql.as_bytes()) {
+        return Ok(Rewritten::Refuse(PgError::refused(
+            "0A000",
+            "byokpg: statement on a protected table is too deeply nested or has too many operators for byokpg to analyse safely; split it".to_owned(),
+        )));
+    }
     let planned = cache.get(w, sql);
     let plans = match planned.as_ref() {
         Err(refusal) => return Ok(Rewritten::Refuse(refused(refusal))),
