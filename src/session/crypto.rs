@@ -132,6 +132,7 @@ impl SessionCrypto {
         };
         let header = crypto::peek_header(&envelope).map_err(|_| corrupt("malformed envelope"))?;
         let cipher = self.cipher(column, header.dek_version)?;
+        count(cipher.mode(), false);
         let plain: Zeroizing<Vec<u8>> = cipher.decrypt(&envelope).map_err(|_| {
             corrupt("authentication failed (tampered, moved, or another tenant's value)")
         })?;
@@ -183,6 +184,7 @@ impl RowHook for SessionCrypto {
     fn encrypt_literal(&mut self, column: usize, value: &str) -> Result<String, CryptoFailure> {
         let is_bytea = self.column(column)?.is_bytea;
         let cipher = self.active_cipher(column)?;
+        count(cipher.mode(), true);
         if is_bytea {
             let plain =
                 decode_bytea_text(value.as_bytes()).unwrap_or_else(|| value.as_bytes().to_vec());
@@ -203,6 +205,7 @@ impl RowHook for SessionCrypto {
     ) -> Result<Vec<u8>, CryptoFailure> {
         let is_bytea = self.column(column)?.is_bytea;
         let cipher = self.active_cipher(column)?;
+        count(cipher.mode(), true);
         Ok(match (is_bytea, binary) {
             (true, true) => cipher.encrypt(value),
             (true, false) => {
@@ -216,6 +219,18 @@ impl RowHook for SessionCrypto {
     fn tenant(&self) -> &str {
         &self.tenant
     }
+}
+
+/// Count one field operation (cached handles: cheap per field).
+fn count(mode: Mode, encrypt: bool) {
+    let m = crate::metrics::CryptoMetrics::get();
+    let c = match (mode, encrypt) {
+        (Mode::Randomized, true) => &m.encrypt_randomized,
+        (Mode::Deterministic, true) => &m.encrypt_deterministic,
+        (Mode::Randomized, false) => &m.decrypt_randomized,
+        (Mode::Deterministic, false) => &m.decrypt_deterministic,
+    };
+    c.increment(1);
 }
 
 fn mode(m: ColumnMode) -> Mode {
