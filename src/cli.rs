@@ -57,10 +57,7 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&path),
         Command::Check { kms } => match tokio_runtime(None) {
-            Ok(_rt) => {
-                let _ = kms;
-                ExitCode::from(1)
-            }
+            Ok(rt) => rt.block_on(crate::check::run(&path, kms)),
             Err(code) => code,
         },
         Command::Setup => setup(&path),

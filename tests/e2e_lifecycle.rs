@@ -201,3 +201,38 @@ async fn readyz_names_an_unreachable_region() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("apac"), "{body}");
 }
+
+#[test]
+fn check_command_reports_a_valid_config_and_file_line_key_problems() {
+    let proxy = Proxy::builder().trust().start();
+    let bin = env!("CARGO_BIN_EXE_byokpg");
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&proxy.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("is valid"), "{text}");
+
+    let bad = proxy.dir().join("bad.toml");
+    fs::write(
+        &bad,
+        proxy
+            .config()
+            .replace("[server]", "[server]\nno_such_key = 1"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("bad.toml:2: server.no_such_key:"), "{text}");
+}
