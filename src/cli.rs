@@ -23,6 +23,14 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum GuardsAction {
+    /// Add the guards (idempotent); exit 1 if anything could not be guarded.
+    Install,
+    /// Report the guards in place; exit 1 unless every one is.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (the default command).
     Serve,
@@ -34,6 +42,13 @@ enum Command {
     },
     /// Create or upgrade byokpg's schema in every region database (idempotent).
     Setup,
+    /// Database-side guards: CHECK constraints admitting only ciphertext in
+    /// encrypted columns, triggers rejecting UPDATE/DELETE/TRUNCATE on
+    /// append-only tables.
+    Guards {
+        #[command(subcommand)]
+        action: GuardsAction,
+    },
     /// First run on one machine: three region databases on a local
     /// PostgreSQL, a demo config with the local KMS, then the proxy.
     Demo {
@@ -61,6 +76,7 @@ pub fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Setup => setup(&path),
+        Command::Guards { action } => guards(&path, &action),
         Command::Demo { pg, port } => demo(&crate::demo::DemoOptions { pg, port }),
     }
 }
@@ -90,6 +106,50 @@ fn setup(path: &std::path::Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match action {
+        GuardsAction::Install => match rt.block_on(crate::guards::install(&cfg)) {
+            Ok(lines) => {
+                for l in lines {
+                    println!("{l}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        GuardsAction::Status => match rt.block_on(crate::guards::status(&cfg)) {
+            Ok(report) => {
+                println!("{report}");
+                if report.ok() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                println!("{e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

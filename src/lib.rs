@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod guards;
 pub mod keys;
 pub mod kms;
 pub mod metrics;

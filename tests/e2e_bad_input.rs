@@ -843,3 +843,58 @@ async fn tokio_postgres_copy_abandoned_leaves_the_connection_usable() {
     });
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+// ------------------------------------------------------------ deep SQL
+
+/// Statements on a protected table are parsed and planned; the planner
+/// walks expressions recursively. A long chain of `OR`s (as ORMs generate
+/// for "any of these") is a left-deep tree thousands of levels deep: it must
+/// be answered (rows or a clean error), never overflow a worker's stack,
+/// which would abort the whole proxy and every tenant's sessions with it.
+#[tokio::test]
+async fn deeply_nested_sql_on_a_protected_table_does_not_kill_the_proxy() {
+    let proxy = tokio::task::spawn_blocking(Proxy::start).await.unwrap();
+    proxy.require_proxy();
+    let table = common::POLICY_TABLE;
+    let long_or = format!(
+        "select id from {table} where email = 'x'{}",
+        " or id = 0".repeat(20_000)
+    );
+    let parens = format!(
+        "select id from {table} where email = {}'x'{}",
+        "(".repeat(5_000),
+        ")".repeat(5_000)
+    );
+    let long_and_insert = format!(
+        "insert into {table} (tenant_id, email) select 'globex', 'x' where true{}",
+        " and true".repeat(20_000)
+    );
+    for (what, sql) in [
+        ("20000 ORs", &long_or),
+        ("5000 parentheses", &parens),
+        ("INSERT with 20000 ANDs", &long_and_insert),
+    ] {
+        let client = proxy.connect("globex_app", None).await;
+        // Simple and extended protocol both plan the statement.
+        let simple = client.simple_query(sql).await;
+        let extended = client.prepare(sql).await;
+        for (how, failed) in [("simple", simple.err()), ("extended", extended.err())] {
+            if let Some(e) = failed {
+                assert!(
+                    e.as_db_error().is_some(),
+                    "{what} ({how}): the connection broke instead of an error: {e:?}\n--- log\n{}",
+                    proxy.log()
+                );
+            }
+        }
+        let fresh = proxy.try_connect("globex_app", None).await;
+        let fresh = fresh.unwrap_or_else(|e| {
+            panic!(
+                "{what}: the proxy no longer accepts connections: {e:?}\n--- log\n{}",
+                proxy.log()
+            )
+        });
+        let row = fresh.query_one("select 41 + 1", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 42);
+    }
+}

@@ -47,12 +47,16 @@ impl RowHook for Upper {
         Ok(value.to_vec())
     }
 
-    fn tenant(&self) -> &str {
+    fn tenant(&self) -> &'static str {
         "acme"
     }
 }
 
-fuzz_target!(|input: (bool, Option<bool>, Vec<(bool, Vec<u8>)>)| {
+/// Protected columns?, keys (`Some(needy)`)?, then reads from the client
+/// (`true`) or the backend (`false`).
+type Input = (bool, Option<bool>, Vec<(bool, Vec<u8>)>);
+
+fuzz_target!(|input: Input| {
     let (protect, keys, ops) = input;
     let classifier = Classifier::new([("secrets".to_owned(), "public.secrets".to_owned())]);
     let mut protected = ProtectedColumns::default();
@@ -63,6 +67,7 @@ fuzz_target!(|input: (bool, Option<bool>, Vec<(bool, Vec<u8>)>)| {
         classifier: &classifier,
         protected: &protected,
         known_oids: None,
+        write: None,
         metrics: SessionMetrics::get(),
     };
     let mut hook = keys.map(|needy| Upper {
@@ -76,7 +81,7 @@ fuzz_target!(|input: (bool, Option<bool>, Vec<(bool, Vec<u8>)>)| {
         let mut out = BytesMut::new();
         if client {
             from_client.extend_from_slice(&bytes);
-            let _ = relay.on_client(&ctx, &mut from_client, &mut out);
+            let _ = relay.on_client(&ctx, None, &mut from_client, &mut out);
             continue;
         }
         from_backend.extend_from_slice(&bytes);

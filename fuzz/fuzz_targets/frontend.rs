@@ -53,6 +53,7 @@ fn feed(stream: &[u8], chunk: usize) -> (Vec<u8>, bool) {
         classifier: &classifier,
         protected: &protected,
         known_oids: None,
+        write: None,
         metrics: SessionMetrics::get(),
     };
     let mut relay = Relay::default();
@@ -60,7 +61,7 @@ fn feed(stream: &[u8], chunk: usize) -> (Vec<u8>, bool) {
     let mut out = BytesMut::new();
     for part in stream.chunks(chunk) {
         input.extend_from_slice(part);
-        if relay.on_client(&ctx, &mut input, &mut out).is_err() {
+        if relay.on_client(&ctx, None, &mut input, &mut out).is_err() {
             return (out.to_vec(), false);
         }
         if relay.terminated {

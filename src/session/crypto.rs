@@ -27,6 +27,9 @@ pub struct SessionCrypto {
     catalog: Arc<Catalog>,
     ciphers: HashMap<(usize, u32), Cached>,
     active_version: Option<u32>,
+    /// The column whose value asked for the key being fetched: an unknown
+    /// DEK version then means "not this tenant's value", XX001 naming it.
+    needed_for: Option<usize>,
 }
 
 impl SessionCrypto {
@@ -37,6 +40,7 @@ impl SessionCrypto {
             catalog,
             ciphers: HashMap::new(),
             active_version: None,
+            needed_for: None,
         }
     }
 
@@ -57,15 +61,21 @@ impl SessionCrypto {
             }),
             Need::Key(v) => self.keys.dek(&self.tenant, v).await.map(|_| ()),
         };
-        r.map_err(|e| key_error(&e))
+        let needed_for = self.needed_for.take();
+        r.map_err(|e| match (&e, needed_for.and_then(|c| self.catalog.columns.get(c))) {
+            (crate::keys::KeyError::UnknownVersion { .. }, Some(col)) => data_corrupted(
+                col,
+                "its data key version does not exist for this tenant (another tenant's value, or altered)",
+            ),
+            _ => key_error(&e),
+        })
     }
 
     fn cipher(&mut self, column: usize, version: u32) -> Result<&FieldCipher, CryptoFailure> {
-        let dek = self
-            .keys
-            .cache()
-            .get(&self.tenant, version)
-            .ok_or(CryptoFailure::Need(Need::Key(version)))?;
+        let Some(dek) = self.keys.cache().get(&self.tenant, version) else {
+            self.needed_for = Some(column);
+            return Err(CryptoFailure::Need(Need::Key(version)));
+        };
         let fresh = self
             .ciphers
             .get(&(column, version))
@@ -209,8 +219,11 @@ impl RowHook for SessionCrypto {
         Ok(match (is_bytea, binary) {
             (true, true) => cipher.encrypt(value),
             (true, false) => {
-                let plain = decode_bytea_text(value).unwrap_or_else(|| value.to_vec());
-                encode_bytea_text(&cipher.encrypt(&plain))
+                let Some(plain) = decode_bytea_text(value) else {
+                    let col = self.column(column)?.clone();
+                    return Err(invalid_bytea(&col));
+                };
+                encode_bytea_text(&self.active_cipher(column)?.encrypt(&plain))
             }
             (false, _) => cipher.encrypt_text(value).into_bytes(),
         })
@@ -240,10 +253,49 @@ fn mode(m: ColumnMode) -> Mode {
     }
 }
 
-/// `\x0102...` (bytea_output = hex) to bytes.
+/// bytea text input as PostgreSQL's `byteain` reads it: `\x` + hex, or the
+/// escape format (`\\` is a backslash, `\ooo` an octal byte, anything else
+/// literal). `None` = invalid input.
 fn decode_bytea_text(s: &[u8]) -> Option<Vec<u8>> {
-    let hex_part = s.strip_prefix(b"\\x")?;
-    hex::decode(hex_part).ok()
+    if let Some(hex_part) = s.strip_prefix(b"\\x") {
+        let compact: Vec<u8> = hex_part
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect();
+        return hex::decode(compact).ok();
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] != b'\\' {
+            out.push(s[i]);
+            i += 1;
+        } else if s.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = s.get(i + 1..i + 4)?;
+            if !(b'0'..=b'3').contains(&oct[0])
+                || !oct[1..].iter().all(|d| (b'0'..=b'7').contains(d))
+            {
+                return None;
+            }
+            out.push((oct[0] - b'0') * 64 + (oct[1] - b'0') * 8 + (oct[2] - b'0'));
+            i += 4;
+        }
+    }
+    Some(out)
+}
+
+fn invalid_bytea(col: &ProtectedColumn) -> CryptoFailure {
+    CryptoFailure::Refuse(PgError::refused(
+        "22P02",
+        format!(
+            "byokpg: invalid input syntax for type bytea in {}.{}.{}",
+            col.schema, col.table, col.column
+        ),
+    ))
 }
 
 fn encode_bytea_text(b: &[u8]) -> Vec<u8> {
@@ -264,4 +316,21 @@ pub fn data_corrupted(col: &ProtectedColumn, why: &str) -> PgError {
 /// 58000 / 58030 / 08006 from the key manager, with its hint.
 pub fn key_error(e: &crate::keys::KeyError) -> PgError {
     PgError::key_unavailable(e.sqlstate(), e.to_string()).with_hint(e.hint())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_bytea_text;
+
+    #[test]
+    fn bytea_input_in_hex_and_escape_formats() {
+        assert_eq!(decode_bytea_text(b"\\x00ff"), Some(vec![0, 255]));
+        assert_eq!(
+            decode_bytea_text(b"a\\000b\\\\c"),
+            Some(b"a\0b\\c".to_vec())
+        );
+        assert_eq!(decode_bytea_text(b"plain"), Some(b"plain".to_vec()));
+        assert_eq!(decode_bytea_text(b"bad\\9"), None);
+        assert_eq!(decode_bytea_text(b"\\xzz"), None);
+    }
 }

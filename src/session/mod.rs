@@ -2,6 +2,7 @@
 //! region, then the relay loop until either side ends.
 
 mod auth;
+pub mod copy;
 pub mod crypto;
 mod pump;
 pub mod registry;

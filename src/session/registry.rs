@@ -4,6 +4,7 @@
 //! a client pipelines many messages before Sync).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::rewrite::Plan;
@@ -51,22 +52,36 @@ pub struct Statement {
     pub plan: Option<Plan>,
     /// Marks of its result columns, learned from `Describe Statement`.
     pub row_marks: OnceLock<Option<Arc<RowMarks>>>,
+    /// The client asked to describe it (its marks will arrive).
+    pub describe_requested: AtomicBool,
 }
+
+impl Statement {
+    pub fn describing(&self) -> bool {
+        self.describe_requested.load(Ordering::Relaxed)
+    }
+}
+
+/// Result marks filled when the backend answers a Describe, shared by the
+/// Describe's queue entry and every Execute issued after it: in a pipeline
+/// the Execute is queued long before the RowDescription arrives.
+pub type MarksCell = Arc<OnceLock<Option<Arc<RowMarks>>>>;
 
 /// A bound portal: its statement and (if described) its own result marks.
 #[derive(Debug, Clone, Default)]
 pub struct Portal {
     pub statement: Option<Arc<Statement>>,
-    pub row_marks: Option<Arc<RowMarks>>,
+    /// Filled by the answer to a `Describe Portal` for this binding.
+    pub described: Option<MarksCell>,
     /// Bind's result format codes (kept only when protected columns exist).
     pub result_formats: Option<Vec<i16>>,
 }
 
 impl Portal {
-    /// Marks that apply to the rows this portal returns.
+    /// Marks that apply to the rows this portal returns, as known now.
     pub fn marks(&self) -> Option<Arc<RowMarks>> {
-        if let Some(m) = &self.row_marks {
-            return Some(m.clone());
+        if let Some(m) = self.described.as_ref().and_then(|c| c.get()) {
+            return m.clone();
         }
         let m = self
             .statement
@@ -78,11 +93,40 @@ impl Portal {
     }
 }
 
+/// The marks of an Execute's rows, resolved at the first DataRow (when every
+/// Describe before it has been answered) and then kept.
+#[derive(Debug, Default)]
+pub struct ExecMarks {
+    portal: Option<Portal>,
+    /// Set at the first DataRow; `OnceLock` keeps "resolved to none" apart
+    /// from "not resolved yet".
+    resolved: OnceLock<Option<Arc<RowMarks>>>,
+}
+
+impl ExecMarks {
+    pub fn new(portal: Option<Portal>) -> Self {
+        Self {
+            portal,
+            resolved: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&mut self) -> Option<Arc<RowMarks>> {
+        let portal = &self.portal;
+        self.resolved
+            .get_or_init(|| portal.as_ref().and_then(Portal::marks))
+            .clone()
+    }
+}
+
 /// What a Describe asked about.
 #[derive(Debug, Clone)]
 pub enum DescribeTarget {
     Statement(Option<Arc<Statement>>),
-    Portal(Vec<u8>),
+    Portal(MarksCell),
+    /// A Describe byokpg added itself (the client executes a portal nobody
+    /// described): its answer is used and not relayed.
+    Injected(MarksCell),
 }
 
 /// One response the backend still owes, in order.
@@ -102,7 +146,7 @@ pub enum Expect {
     },
     Describe(DescribeTarget),
     Execute {
-        marks: Option<Arc<RowMarks>>,
+        marks: ExecMarks,
     },
     Sync,
     /// A simple Query or FunctionCall: answered up to `ReadyForQuery`.

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use bytes::{Buf as _, BytesMut};
 
 use super::registry::{
-    ColumnMark, DescribeTarget, Expect, Pending, Portal, Registry, RowMarks, Statement,
+    ColumnMark, DescribeTarget, ExecMarks, Expect, MarksCell, Pending, Portal, Registry, RowMarks,
+    Statement,
 };
 use super::write::{self, PlanCache, Rewritten, WriteCtx};
 use crate::metrics::SessionMetrics;
@@ -167,7 +168,7 @@ impl Relay {
                     head.portal,
                     Portal {
                         statement,
-                        row_marks: None,
+                        described: None,
                         result_formats,
                     },
                 );
@@ -176,16 +177,28 @@ impl Relay {
             b'D' => {
                 let (kind, name) = messages::parse_target(body, "Describe")?;
                 let target = if kind == b'S' {
-                    DescribeTarget::Statement(self.registry.statement(name))
+                    let stmt = self.registry.statement(name);
+                    if let Some(s) = &stmt {
+                        s.describe_requested
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    DescribeTarget::Statement(stmt)
                 } else {
-                    DescribeTarget::Portal(name.to_vec())
+                    let cell = MarksCell::default();
+                    if let Some(p) = self.registry.portal_mut(name) {
+                        p.described = Some(cell.clone());
+                    }
+                    DescribeTarget::Portal(cell)
                 };
                 self.pending.push_back(Expect::Describe(target));
             }
             b'E' => {
                 let (portal, _limit) = messages::parse_execute(body)?;
-                let marks = self.registry.portal(portal).and_then(Portal::marks);
-                self.pending.push_back(Expect::Execute { marks });
+                self.describe_if_unknown(ctx, portal, out);
+                let snapshot = self.registry.portal(portal).cloned();
+                self.pending.push_back(Expect::Execute {
+                    marks: ExecMarks::new(snapshot),
+                });
             }
             b'C' => {
                 let (kind, name) = messages::parse_target(body, "Close")?;
@@ -352,13 +365,37 @@ impl Relay {
             bind.portal,
             Portal {
                 statement,
-                row_marks: None,
+                described: None,
                 result_formats,
             },
         );
         self.pending.push_back(Expect::Bind { swallow: false });
         messages::bind(out, &bind, &params);
         Ok(())
+    }
+
+    /// With a policy, rows of a portal nobody described could carry protected
+    /// columns that no RowDescription marks; byokpg describes such a portal
+    /// itself (answer swallowed) so its rows are always marked (fail closed).
+    fn describe_if_unknown(&mut self, ctx: &Ctx<'_>, portal: &[u8], out: &mut BytesMut) {
+        if ctx.write.is_none() {
+            return;
+        }
+        let Some(p) = self.registry.portal_mut(portal) else {
+            return;
+        };
+        let statement_described = p.statement.as_ref().is_some_and(|s| s.describing());
+        if p.described.is_some() || statement_described {
+            return;
+        }
+        let cell = MarksCell::default();
+        p.described = Some(cell.clone());
+        let s = messages::begin_msg(out, b'D');
+        bytes::BufMut::put_u8(out, b'P');
+        messages::put_cstr(out, portal);
+        messages::finish_msg(out, s);
+        self.pending
+            .push_back(Expect::Describe(DescribeTarget::Injected(cell)));
     }
 
     /// The next client message could not get its key: consume it and refuse
@@ -408,7 +445,9 @@ impl Relay {
             swallow: true,
         });
         self.pending.push_back(Expect::Bind { swallow: true });
-        self.pending.push_back(Expect::Execute { marks: None });
+        self.pending.push_back(Expect::Execute {
+            marks: ExecMarks::default(),
+        });
     }
 
     /// Consume every complete backend frame in `input` into `out`. On
@@ -456,8 +495,8 @@ impl Relay {
         let body = &frame[5..];
         match frame[0] {
             b'D' if !self.suppress => return self.data_row(hook, body, out),
-            b'T' => self.row_description(ctx, body)?,
-            b'n' => self.no_data()?,
+            b'T' => return self.row_description(ctx, body),
+            b'n' => return self.no_data(),
             b'1' => return self.pop_swallowable(|e| matches!(e, Expect::Parse { .. })),
             b'2' => return self.pop_swallowable(|e| matches!(e, Expect::Bind { .. })),
             b'3' => return self.pop_swallowable(|e| matches!(e, Expect::Close { .. })),
@@ -482,8 +521,8 @@ impl Relay {
         body: &[u8],
         out: &mut BytesMut,
     ) -> Result<bool, RelayError> {
-        let marks = match self.pending.front() {
-            Some(Expect::Execute { marks }) => marks.clone(),
+        let marks = match self.pending.front_mut() {
+            Some(Expect::Execute { marks }) => marks.get(),
             _ => self.simple_marks.clone(),
         };
         let Some(marks) = marks else {
@@ -507,38 +546,53 @@ impl Relay {
         }
     }
 
-    fn row_description(&mut self, ctx: &Ctx<'_>, body: &[u8]) -> Result<(), RelayError> {
+    /// `Ok(false)`: the answer to byokpg's own Describe, not relayed.
+    fn row_description(&mut self, ctx: &Ctx<'_>, body: &[u8]) -> Result<bool, RelayError> {
         let marks = mark_columns(ctx, body)?;
-        match self.pending.front() {
+        let forward = match self.pending.front() {
             Some(Expect::Describe(DescribeTarget::Statement(stmt))) => {
                 if let Some(s) = stmt {
                     let _ = s.row_marks.set(marks);
                 }
-                self.pending.pop_front();
+                true
             }
-            Some(Expect::Describe(DescribeTarget::Portal(name))) => {
-                if let Some(p) = self.registry.portal_mut(name) {
-                    p.row_marks = marks;
-                }
-                self.pending.pop_front();
+            Some(Expect::Describe(DescribeTarget::Portal(cell))) => {
+                let _ = cell.set(marks);
+                true
             }
-            Some(Expect::Simple) => self.simple_marks = marks,
+            Some(Expect::Describe(DescribeTarget::Injected(cell))) => {
+                let _ = cell.set(marks);
+                false
+            }
+            Some(Expect::Simple) => {
+                self.simple_marks = marks;
+                return Ok(true);
+            }
             other => {
                 return Err(RelayError::Desync(format!(
                     "RowDescription while expecting {other:?}"
                 )));
             }
-        }
-        Ok(())
+        };
+        self.pending.pop_front();
+        Ok(forward)
     }
 
-    fn no_data(&mut self) -> Result<(), RelayError> {
+    fn no_data(&mut self) -> Result<bool, RelayError> {
         match self.pending.pop_front() {
             Some(Expect::Describe(DescribeTarget::Statement(Some(s)))) => {
                 let _ = s.row_marks.set(None);
-                Ok(())
+                Ok(true)
             }
-            Some(Expect::Describe(_)) => Ok(()),
+            Some(Expect::Describe(DescribeTarget::Portal(cell))) => {
+                let _ = cell.set(None);
+                Ok(true)
+            }
+            Some(Expect::Describe(DescribeTarget::Injected(cell))) => {
+                let _ = cell.set(None);
+                Ok(false)
+            }
+            Some(Expect::Describe(DescribeTarget::Statement(None))) => Ok(true),
             other => Err(RelayError::Desync(format!(
                 "NoData while expecting {other:?}"
             ))),

@@ -801,3 +801,46 @@ impl Drop for Proxy {
         }
     }
 }
+
+/// `pg_dump --data-only` of a local database (as `postgres`), stdout bytes.
+/// Retried a few times: parallel tests create and drop tables while it runs,
+/// and pg_dump fails when a table it listed is gone before it locks it.
+pub fn pg_dump_data_only(db: &str) -> Vec<u8> {
+    let port = PG_PORT.to_string();
+    let mut last = String::new();
+    for _ in 0..5 {
+        let out = run(Command::new("pg_dump").args([
+            "--data-only",
+            "--no-password",
+            "-h",
+            PG_HOST,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            db,
+        ]));
+        if out.status.success() {
+            return out.stdout;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    panic!(
+        "pg_dump --data-only {db} failed 5 times (is postgresql-client installed? run `bash scripts/test.sh`); last error: {last}"
+    );
+}
+
+/// Runs `sql` directly (bypassing byokpg) in each region's database, after
+/// making sure they exist. Tests create their policy tables this way before
+/// starting the proxy, so its first catalog load already knows them.
+pub async fn create_in_regions(regions: &[&str], sql: &str) {
+    ensure_databases(&[]);
+    for region in regions {
+        direct_client(region)
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("in region {region}: {sql}: {e}"));
+    }
+}
