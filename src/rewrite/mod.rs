@@ -108,4 +108,7 @@ pub trait RowHook: Send {
     ) -> Result<Vec<u8>, CryptoFailure>;
 
     fn tenant(&self) -> &str;
+
+    /// Plaintext (text form) of a stored value, for COPY TO STDOUT.
+    fn decrypt_field(&mut self, column: usize, stored: &[u8]) -> Result<Vec<u8>, CryptoFailure>;
 }

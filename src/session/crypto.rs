@@ -232,6 +232,10 @@ impl RowHook for SessionCrypto {
     fn tenant(&self) -> &str {
         &self.tenant
     }
+
+    fn decrypt_field(&mut self, column: usize, stored: &[u8]) -> Result<Vec<u8>, CryptoFailure> {
+        self.decrypt_value(column, stored, false)
+    }
 }
 
 /// Count one field operation (cached handles: cheap per field).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::{Buf as _, BytesMut};
 
+use super::copy::{CopyError, CopyRewriter};
 use super::registry::{
     ColumnMark, DescribeTarget, ExecMarks, Expect, MarksCell, Pending, Portal, Registry, RowMarks,
     Statement,
@@ -81,6 +82,33 @@ pub struct Relay {
     /// The backend is in copy-in mode for an extended-protocol Execute.
     copy_in: bool,
     plans: PlanCache,
+    /// A COPY on a protected table in progress.
+    copy: Option<CopyStream>,
+}
+
+/// COPY data of a protected table flowing through the rewriter.
+#[derive(Debug)]
+struct CopyStream {
+    rewriter: Box<CopyRewriter>,
+    from_client: bool,
+    /// The COPY failed (refused by byokpg or by the server): the client's
+    /// remaining data is dropped, never relayed.
+    failed: bool,
+}
+
+/// The relay's key hook as the COPY rewriter wants it.
+struct Fields<'a, 'b>(&'a mut (dyn RowHook + 'b));
+
+impl crate::session::copy::FieldCrypto for Fields<'_, '_> {
+    fn encrypt_field(&mut self, column: usize, plaintext: &[u8]) -> Result<Vec<u8>, CryptoFailure> {
+        self.0.encrypt_param(column, plaintext, false)
+    }
+    fn decrypt_field(&mut self, column: usize, stored: &[u8]) -> Result<Vec<u8>, CryptoFailure> {
+        self.0.decrypt_field(column, stored)
+    }
+    fn tenant(&self) -> &str {
+        self.0.tenant()
+    }
 }
 
 impl Default for Relay {
@@ -95,6 +123,7 @@ impl Default for Relay {
             suppress: false,
             copy_in: false,
             plans: PlanCache::default(),
+            copy: None,
         }
     }
 }
@@ -136,11 +165,17 @@ impl Relay {
     fn client_frame(
         &mut self,
         ctx: &Ctx<'_>,
-        hook: Option<&mut (dyn RowHook + '_)>,
+        mut hook: Option<&mut (dyn RowHook + '_)>,
         frame: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), RelayError> {
         let body = &frame[5..];
+        if self.copy.is_some()
+            && matches!(frame[0], b'd' | b'c' | b'f')
+            && self.client_copy(hook.as_deref_mut(), frame, out)?
+        {
+            return Ok(());
+        }
         match frame[0] {
             b'Q' => return self.client_query(ctx, hook, frame, out),
             b'P' => return self.client_parse(ctx, hook, frame, out),
@@ -263,9 +298,122 @@ impl Relay {
         match outcome {
             Rewritten::Unchanged => out.extend_from_slice(frame),
             Rewritten::Sql { sql, .. } => messages::query(out, sql.as_bytes()),
+            Rewritten::Copy {
+                sql,
+                copy,
+                from_client,
+            } => {
+                messages::query(out, sql.as_bytes());
+                self.copy = Some(CopyStream {
+                    rewriter: copy,
+                    from_client,
+                    failed: false,
+                });
+            }
             Rewritten::Refuse(err) => messages::query(out, raise_sql(&err).as_bytes()),
         }
         Ok(())
+    }
+
+    /// CopyData / CopyDone / CopyFail from the client during a protected COPY.
+    /// `Ok(true)`: handled here (nothing more to relay).
+    fn client_copy(
+        &mut self,
+        hook: Option<&mut (dyn RowHook + '_)>,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, RelayError> {
+        let Some(copy) = self.copy.as_mut().filter(|c| c.from_client) else {
+            return Ok(false);
+        };
+        let tag = frame[0];
+        if copy.failed {
+            // Our CopyFail went already; the client's end of copy ends it.
+            if tag != b'd' {
+                self.copy = None;
+            }
+            return Ok(true);
+        }
+        let Some(hook) = hook else {
+            return Err(RelayError::Refused(PgError::internal(
+                "protected COPY without keys",
+            )));
+        };
+        let mut fields = Fields(hook);
+        let result = match tag {
+            b'd' => copy.rewriter.feed(&frame[5..], &mut fields),
+            b'c' => copy.rewriter.finish(&mut fields),
+            _ => {
+                self.copy = None;
+                return Ok(false);
+            }
+        };
+        match result {
+            Ok(data) => {
+                if !data.is_empty() {
+                    copy_data(out, &data);
+                }
+                if tag == b'c' {
+                    out.extend_from_slice(frame);
+                    self.copy = None;
+                }
+                Ok(true)
+            }
+            Err(CopyError::Need(n)) => Err(RelayError::Need(n)),
+            Err(CopyError::Refuse(e)) => {
+                // The server aborts the COPY and answers with its error.
+                let s = messages::begin_msg(out, b'f');
+                messages::put_cstr(out, e.message.as_bytes());
+                messages::finish_msg(out, s);
+                copy.failed = true;
+                if tag == b'c' {
+                    self.copy = None;
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// CopyData / CopyDone from the server during a protected COPY TO.
+    /// `Ok(true)`: handled here (nothing more to relay).
+    fn backend_copy(
+        &mut self,
+        hook: Option<&mut (dyn RowHook + '_)>,
+        frame: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<bool, RelayError> {
+        let Some(copy) = self.copy.as_mut().filter(|c| !c.from_client && !c.failed) else {
+            return Ok(false);
+        };
+        let Some(hook) = hook else {
+            return Err(RelayError::Refused(PgError::internal(
+                "protected COPY without keys",
+            )));
+        };
+        let mut fields = Fields(hook);
+        let result = if frame[0] == b'd' {
+            copy.rewriter.feed(&frame[5..], &mut fields)
+        } else {
+            copy.rewriter.finish(&mut fields)
+        };
+        match result {
+            Ok(data) => {
+                if !data.is_empty() {
+                    copy_data(out, &data);
+                }
+                if frame[0] == b'c' {
+                    out.extend_from_slice(frame);
+                    self.copy = None;
+                }
+                Ok(true)
+            }
+            Err(CopyError::Need(n)) => Err(RelayError::Need(n)),
+            Err(CopyError::Refuse(e)) => {
+                copy.failed = true;
+                self.fail_result(&e, out);
+                Ok(true)
+            }
+        }
     }
 
     /// Classify, then plan only what the classifier flagged. Counts the
@@ -295,7 +443,7 @@ impl Relay {
         let m = ctx.metrics;
         match &outcome {
             Rewritten::Unchanged => m.stmt_passthrough.increment(1),
-            Rewritten::Sql { .. } => m.stmt_rewritten.increment(1),
+            Rewritten::Sql { .. } | Rewritten::Copy { .. } => m.stmt_rewritten.increment(1),
             Rewritten::Refuse(_) => m.stmt_refused.increment(1),
         }
         Ok(outcome)
@@ -316,6 +464,11 @@ impl Relay {
             }
             Rewritten::Unchanged => (None, None),
             Rewritten::Sql { sql, params } => (params.map(Plan::Params), Some(sql)),
+            Rewritten::Copy { .. } => {
+                // write::rewrite refuses COPY in the extended protocol.
+                self.refuse_extended(&PgError::internal("COPY in the extended protocol"), out);
+                return Ok(());
+            }
         };
         let stmt = Arc::new(Statement {
             plan,
@@ -495,6 +648,9 @@ impl Relay {
         let body = &frame[5..];
         match frame[0] {
             b'D' if !self.suppress => return self.data_row(hook, body, out),
+            b'd' | b'c' if self.copy.is_some() => {
+                return self.backend_copy(hook, frame, out).map(|handled| !handled);
+            }
             b'T' => return self.row_description(ctx, body),
             b'n' => return self.no_data(),
             b'1' => return self.pop_swallowable(|e| matches!(e, Expect::Parse { .. })),
@@ -507,9 +663,20 @@ impl Relay {
             }
             b'E' => {
                 self.copy_in = false;
+                // A failed COPY FROM: drop the client's remaining data until
+                // its CopyDone/CopyFail; a failed COPY TO is over.
+                match self.copy.as_mut() {
+                    Some(c) if c.from_client => c.failed = true,
+                    _ => self.copy = None,
+                }
                 self.on_error();
             }
-            b'Z' => self.ready(body)?,
+            b'Z' => {
+                if self.copy.as_ref().is_some_and(|c| !c.from_client) {
+                    self.copy = None;
+                }
+                self.ready(body)?;
+            }
             _ => {}
         }
         Ok(true)
@@ -749,6 +916,12 @@ fn bind_params(
         }
     }
     Ok(out)
+}
+
+fn copy_data(out: &mut BytesMut, data: &[u8]) {
+    let s = messages::begin_msg(out, b'd');
+    out.extend_from_slice(data);
+    messages::finish_msg(out, s);
 }
 
 /// SQL that makes the backend raise `err` (SQLSTATE, message and hint).

@@ -164,6 +164,12 @@ pub enum Rewritten {
         sql: String,
         params: Option<Arc<ParamPlan>>,
     },
+    /// A COPY on a protected table: send this SQL, then rewrite the stream.
+    Copy {
+        sql: String,
+        copy: Box<crate::session::copy::CopyRewriter>,
+        from_client: bool,
+    },
     Refuse(PgError),
 }
 
@@ -252,10 +258,11 @@ fn prepare(
     for p in plans.iter().filter(|p| p.touches) {
         p.check_tenant_literals(&tenant, &w.policy)
             .map_err(|r| refuse(refused(&r)))?;
-        if p.copy.is_some() {
+        if p.copy.is_some() && (extended || plans.len() > 1) {
             return Err(refuse(PgError::refused(
                 "0A000",
-                "byokpg: COPY on a protected table is not supported by this build".to_owned(),
+                "byokpg: COPY on a protected table must be sent alone as a simple query (not prepared, not in a multi-statement string)"
+                    .to_owned(),
             )));
         }
         if !extended && !p.params.is_empty() {
@@ -297,6 +304,19 @@ fn prepare(
         },
         &tenant,
     );
+    if let Some(copy) = plans.iter().find_map(|p| p.copy.as_ref()) {
+        let mut columns = Vec::with_capacity(copy.columns.len());
+        for c in &copy.columns {
+            columns.push(c.map(|c| w.column(c)).transpose().map_err(refuse)?);
+        }
+        let from_client = matches!(copy.direction, plan::CopyDirection::FromStdin);
+        let rewriter = Box::new(crate::session::copy::CopyRewriter::new(copy, columns));
+        return Ok(Rewritten::Copy {
+            sql,
+            copy: rewriter,
+            from_client,
+        });
+    }
     let params =
         (!params.encrypt.is_empty() || !params.tenant.is_empty()).then(|| Arc::new(params));
     Ok(Rewritten::Sql { sql, params })
