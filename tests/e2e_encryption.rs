@@ -2046,3 +2046,68 @@ async fn read_each_others_rows(proxy: &Proxy, table: &str, tenant: &str, rows: &
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// COPY
+// ---------------------------------------------------------------------------
+
+/// psql `\copy` (simple-query COPY) in text and CSV goes in encrypted and
+/// comes out decrypted; the database holds only ciphertext; the tenant column
+/// is filled; COPY through the extended protocol is refused.
+#[tokio::test]
+async fn copy_from_and_to_stdout_in_text_and_csv() {
+    let f = Fixture::new(Proxy::builder(), &[REGION], "").await;
+    let (t, m) = (&f.table, &f.marker);
+    let dir = f.proxy.dir();
+    std::fs::write(
+        dir.join("rows.txt"),
+        format!("{m}-a@example.com\t{m}-tab\\there\t\\\\x0102\n{m}-b@example.com\t\\N\t\\N\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rows.csv"),
+        format!("email,ssn\n\"{m}-c@example.com\",\"{m} comma, and \"\"quote\"\"\"\n"),
+    )
+    .unwrap();
+    let dsn = f.proxy.dsn(USER, &f.proxy.password(USER), None);
+    let out = f.proxy.psql(
+        &dsn,
+        &[
+            "-c",
+            &format!("\\copy {t} (email, ssn, doc) from 'rows.txt'"),
+            "-c",
+            &format!("\\copy {t} (email, ssn) from 'rows.csv' with (format csv, header)"),
+            "-c",
+            &format!("copy (select email, ssn, doc from {t} order by id) to stdout"),
+        ],
+    );
+    let text = common::assert_success("psql copy", &out);
+    let want = format!(
+        "{m}-a@example.com\t{m}-tab\\there\t\\\\x0102\n{m}-b@example.com\t\\N\t\\N\n\
+         {m}-c@example.com\t{m} comma, and \"quote\"\t\\N\n"
+    );
+    assert!(
+        text.ends_with(&want),
+        "COPY TO STDOUT gave:\n{text}\nwanted:\n{want}"
+    );
+    assert_eq!(assert_all_ciphertext(REGION, t, m).await, 3);
+    let direct = direct_client(REGION).await;
+    let tenants: Vec<String> = direct
+        .query(&format!("select distinct tenant_id from {t}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tenants, [TENANT], "tenant column filled by COPY");
+    assert_dump_clean(REGION, t, &f.needles());
+    // tokio-postgres copy_in uses the extended protocol: refused, usable after.
+    let c = f.client().await;
+    let e = c
+        .copy_in::<_, bytes::Bytes>(&format!("copy {t} (email) from stdin"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(common::sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    assert_usable(&c).await;
+}

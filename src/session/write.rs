@@ -175,10 +175,20 @@ pub enum Rewritten {
 
 /// Per-session cache of plans by SQL text, so a statement re-parsed over
 /// and over (the unnamed statement of most drivers) is planned once.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PlanCache {
     generation: u64,
     plans: HashMap<Vec<u8>, Arc<Result<Vec<StatementPlan>, Refusal>>>,
+}
+
+/// The keys are SQL texts, whose literals may be plaintext of protected
+/// columns: Debug shows only how many there are.
+impl std::fmt::Debug for PlanCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanCache")
+            .field("entries", &self.plans.len())
+            .finish_non_exhaustive()
+    }
 }
 
 const PLAN_CACHE_ENTRIES: usize = 256;
