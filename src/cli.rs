@@ -81,15 +81,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn setup(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
-        Ok(c) => c,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(1);
+/// Load the config, printing every problem (`FILE:LINE: KEY: message`).
+fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
         }
+        ExitCode::from(1)
+    })
+}
+
+fn setup(path: &std::path::Path) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let rt = match tokio_runtime(Some(1)) {
         Ok(rt) => rt,
@@ -110,14 +115,9 @@ fn setup(path: &std::path::Path) -> ExitCode {
 }
 
 fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
-    let cfg = match config::load(path) {
+    let cfg = match load_config(path) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let rt = match tokio_runtime(Some(1)) {
         Ok(rt) => rt,
@@ -171,14 +171,9 @@ fn demo(opts: &crate::demo::DemoOptions) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    let cfg = match config::load(path) {
+    let cfg = match load_config(path) {
         Ok(c) => c,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let rt = match tokio_runtime(cfg.server.workers) {
         Ok(rt) => rt,
