@@ -19,6 +19,16 @@ pub enum Plan {
     Refuse(PgError),
     /// Encrypt these bound parameters at each Bind.
     Params(std::sync::Arc<ParamPlan>),
+    /// A prepared COPY on a protected table: each Execute streams through a
+    /// fresh rewriter.
+    Copy(std::sync::Arc<CopyPlanned>),
+}
+
+/// A COPY plan with its columns resolved to the region catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyPlanned {
+    pub plan: plan::CopyPlan,
+    pub columns: Vec<Option<usize>>,
 }
 
 /// The Bind-time part of a prepared statement's plan.

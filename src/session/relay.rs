@@ -96,6 +96,19 @@ struct CopyStream {
     failed: bool,
 }
 
+impl CopyStream {
+    fn start(copy: &crate::rewrite::CopyPlanned) -> Self {
+        Self {
+            rewriter: Box::new(CopyRewriter::new(&copy.plan, copy.columns.clone())),
+            from_client: matches!(
+                copy.plan.direction,
+                crate::rewrite::plan::CopyDirection::FromStdin
+            ),
+            failed: false,
+        }
+    }
+}
+
 /// The relay's key hook as the COPY rewriter wants it.
 struct Fields<'a, 'b>(&'a mut (dyn RowHook + 'b));
 
@@ -231,6 +244,14 @@ impl Relay {
                 let (portal, _limit) = messages::parse_execute(body)?;
                 self.describe_if_unknown(ctx, portal, out);
                 let snapshot = self.registry.portal(portal).cloned();
+                // A prepared COPY on a protected table: its stream starts now.
+                if let Some(Plan::Copy(c)) = snapshot
+                    .as_ref()
+                    .and_then(|p| p.statement.as_ref())
+                    .and_then(|s| s.plan.as_ref())
+                {
+                    self.copy = Some(CopyStream::start(c));
+                }
                 self.pending.push_back(Expect::Execute {
                     marks: ExecMarks::new(snapshot),
                 });
@@ -246,8 +267,7 @@ impl Relay {
             }
             b'S' if self.copy_in => {} // ignored by the backend in copy-in mode
             b'S' => self.pending.push_back(Expect::Sync),
-            b'c' | b'f' if self.copy_in => self.copy_in = false,
-            b'c' | b'f' => self.pending.push_back(Expect::CopyEnd),
+            b'c' | b'f' => self.client_copy_end(),
             b'F' => self.pending.push_back(Expect::Simple),
             b'X' => self.terminated = true,
             // Flush, CopyData/Done/Fail and anything unknown: relayed as is;
@@ -298,21 +318,24 @@ impl Relay {
         match outcome {
             Rewritten::Unchanged => out.extend_from_slice(frame),
             Rewritten::Sql { sql, .. } => messages::query(out, sql.as_bytes()),
-            Rewritten::Copy {
-                sql,
-                copy,
-                from_client,
-            } => {
+            Rewritten::Copy { sql, copy } => {
                 messages::query(out, sql.as_bytes());
-                self.copy = Some(CopyStream {
-                    rewriter: copy,
-                    from_client,
-                    failed: false,
-                });
+                self.copy = Some(CopyStream::start(&copy));
             }
             Rewritten::Refuse(err) => messages::query(out, raise_sql(&err).as_bytes()),
         }
         Ok(())
+    }
+
+    /// The client ended a copy (CopyDone/CopyFail): copy-in mode is over, or,
+    /// if the backend has not said it entered it yet, mark where the client
+    /// ended it (see `enter_extended_copy_in`).
+    fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.pending.push_back(Expect::CopyEnd);
+        }
     }
 
     /// CopyData / CopyDone / CopyFail from the client during a protected COPY.
@@ -331,6 +354,7 @@ impl Relay {
             // Our CopyFail went already; the client's end of copy ends it.
             if tag != b'd' {
                 self.copy = None;
+                self.client_copy_end();
             }
             return Ok(true);
         }
@@ -344,6 +368,7 @@ impl Relay {
             b'd' => copy.rewriter.feed(&frame[5..], &mut fields),
             b'c' => copy.rewriter.finish(&mut fields),
             _ => {
+                // CopyFail: relayed by the caller, which also ends copy-in.
                 self.copy = None;
                 return Ok(false);
             }
@@ -356,6 +381,7 @@ impl Relay {
                 if tag == b'c' {
                     out.extend_from_slice(frame);
                     self.copy = None;
+                    self.client_copy_end();
                 }
                 Ok(true)
             }
@@ -368,6 +394,7 @@ impl Relay {
                 copy.failed = true;
                 if tag == b'c' {
                     self.copy = None;
+                    self.client_copy_end();
                 }
                 Ok(true)
             }
@@ -464,11 +491,7 @@ impl Relay {
             }
             Rewritten::Unchanged => (None, None),
             Rewritten::Sql { sql, params } => (params.map(Plan::Params), Some(sql)),
-            Rewritten::Copy { .. } => {
-                // write::rewrite refuses COPY in the extended protocol.
-                self.refuse_extended(&PgError::internal("COPY in the extended protocol"), out);
-                return Ok(());
-            }
+            Rewritten::Copy { sql, copy } => (Some(Plan::Copy(copy)), Some(sql)),
         };
         let stmt = Arc::new(Statement {
             plan,

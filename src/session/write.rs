@@ -167,8 +167,7 @@ pub enum Rewritten {
     /// A COPY on a protected table: send this SQL, then rewrite the stream.
     Copy {
         sql: String,
-        copy: Box<crate::session::copy::CopyRewriter>,
-        from_client: bool,
+        copy: Arc<crate::rewrite::CopyPlanned>,
     },
     Refuse(PgError),
 }
@@ -268,10 +267,10 @@ fn prepare(
     for p in plans.iter().filter(|p| p.touches) {
         p.check_tenant_literals(&tenant, &w.policy)
             .map_err(|r| refuse(refused(&r)))?;
-        if p.copy.is_some() && (extended || plans.len() > 1) {
+        if p.copy.is_some() && plans.len() > 1 {
             return Err(refuse(PgError::refused(
                 "0A000",
-                "byokpg: COPY on a protected table must be sent alone as a simple query (not prepared, not in a multi-statement string)"
+                "byokpg: COPY on a protected table must be sent alone (not in a multi-statement string)"
                     .to_owned(),
             )));
         }
@@ -319,13 +318,11 @@ fn prepare(
         for c in &copy.columns {
             columns.push(c.map(|c| w.column(c)).transpose().map_err(refuse)?);
         }
-        let from_client = matches!(copy.direction, plan::CopyDirection::FromStdin);
-        let rewriter = Box::new(crate::session::copy::CopyRewriter::new(copy, columns));
-        return Ok(Rewritten::Copy {
-            sql,
-            copy: rewriter,
-            from_client,
+        let copy = Arc::new(crate::rewrite::CopyPlanned {
+            plan: copy.clone(),
+            columns,
         });
+        return Ok(Rewritten::Copy { sql, copy });
     }
     let params =
         (!params.encrypt.is_empty() || !params.tenant.is_empty()).then(|| Arc::new(params));
