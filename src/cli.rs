@@ -205,10 +205,13 @@ fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, Exit
 /// `tracing` to stderr; JSON lines with `BYOKPG_LOG_FORMAT=json`; level from
 /// `RUST_LOG` (default `info`).
 fn init_logging() {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if std::env::var("BYOKPG_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
         builder.json().init();

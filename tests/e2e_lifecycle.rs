@@ -179,6 +179,11 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     assert_eq!(code, 200, "{body}");
     let (code, metrics) = proxy.admin_get("/metrics");
     assert_eq!(code, 200);
+    assert!(
+        !proxy.log().contains('\u{1b}'),
+        "colour codes in a log that is not a terminal:\n{}",
+        proxy.log()
+    );
     for name in [
         "byokpg_connections_current",
         "byokpg_connections_total",
