@@ -2127,3 +2127,27 @@ async fn copy_from_and_to_stdout_in_text_and_csv() {
     assert_eq!(assert_all_ciphertext(REGION, t, m).await, 4);
     assert_usable(&c).await;
 }
+
+/// Invalid bytea input for an encrypted bytea column is refused (22P02), as
+/// PostgreSQL refuses it for a plain one, instead of being encrypted as text.
+#[tokio::test]
+async fn invalid_bytea_input_is_refused_not_encrypted_as_text() {
+    let f = Fixture::new(Proxy::builder(), &[REGION], "").await;
+    let t = &f.table;
+    let c = f.client().await;
+    for sql in [
+        format!("insert into {t} (email, doc) values ('x1@example.com', '\\9bad')"),
+        format!("insert into {t} (email, doc) values ('x2@example.com', '\\xzz')"),
+    ] {
+        let e = c.simple_query(&sql).await.unwrap_err();
+        assert_eq!(common::sqlstate(&e).as_deref(), Some("22P02"), "{sql}: {e}");
+    }
+    let n: i64 = direct_client(REGION)
+        .await
+        .query_one(&format!("select count(*) from {t}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing was written");
+    assert_usable(&c).await;
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::backend::Target;
 use crate::config::{AuthMethod, Config, TlsMode};
 use crate::protocol::scram::Verifier;
-use crate::rewrite::{Classifier, ProtectedColumns};
+use crate::rewrite::Classifier;
 use crate::tls;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,6 @@ pub struct Runtime {
     /// Backend target of each region.
     pub regions: HashMap<String, Target>,
     pub classifier: Classifier,
-    pub protected: ProtectedColumns,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -71,7 +70,6 @@ impl Runtime {
             users,
             regions,
             classifier,
-            protected: ProtectedColumns::default(),
             tls,
         })
     }

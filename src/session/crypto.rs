@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use bytes::{BufMut, BytesMut};
-use zeroize::Zeroizing;
 
 use crate::catalog::{Catalog, ProtectedColumn};
 use crate::config::ColumnMode;
@@ -129,27 +128,45 @@ impl SessionCrypto {
         stored: &[u8],
         binary: bool,
     ) -> Result<Vec<u8>, CryptoFailure> {
-        let col = self.column(column)?.clone();
-        let corrupt = |why: &str| CryptoFailure::Refuse(data_corrupted(&col, why));
-        let envelope = match (col.is_bytea, binary) {
-            (true, true) => stored.to_vec(),
-            (true, false) => {
-                decode_bytea_text(stored).ok_or_else(|| corrupt("not a bytea value"))?
-            }
-            (false, _) => {
-                crypto::decode_text(stored).map_err(|_| corrupt("not byokpg ciphertext"))?
-            }
+        let is_bytea = self.column(column)?.is_bytea;
+        let envelope = match (is_bytea, binary) {
+            (true, true) => Some(stored.to_vec()),
+            (true, false) => decode_bytea_text(stored),
+            (false, _) => crypto::decode_text(stored).ok(),
         };
-        let header = crypto::peek_header(&envelope).map_err(|_| corrupt("malformed envelope"))?;
+        let Some(envelope) = envelope else {
+            return Err(self.corrupt(column, "not byokpg ciphertext"));
+        };
+        let Ok(header) = crypto::peek_header(&envelope) else {
+            return Err(self.corrupt(column, "malformed envelope"));
+        };
         let cipher = self.cipher(column, header.dek_version)?;
         count(cipher.mode(), false);
-        let plain: Zeroizing<Vec<u8>> = cipher.decrypt(&envelope).map_err(|_| {
-            corrupt("authentication failed (tampered, moved, or another tenant's value)")
-        })?;
-        Ok(if col.is_bytea && !binary {
+        let Ok(plain) = cipher.decrypt(&envelope) else {
+            let why = "authentication failed (tampered, moved, or another tenant's value)";
+            return Err(self.corrupt(column, why));
+        };
+        Ok(if is_bytea && !binary {
             encode_bytea_text(&plain)
         } else {
             plain.to_vec()
+        })
+    }
+
+    /// XX001 naming the column (built only when a value fails).
+    fn corrupt(&self, column: usize, why: &str) -> CryptoFailure {
+        match self.column(column) {
+            Ok(col) => CryptoFailure::Refuse(data_corrupted(col, why)),
+            Err(e) => e,
+        }
+    }
+
+    /// Plaintext of a bytea value in text form (`\x..` or escape format);
+    /// invalid input is refused as PostgreSQL would (22P02).
+    fn bytea_input(&self, column: usize, value: &[u8]) -> Result<Vec<u8>, CryptoFailure> {
+        decode_bytea_text(value).ok_or_else(|| match self.column(column) {
+            Ok(col) => invalid_bytea(col),
+            Err(e) => e,
         })
     }
 }
@@ -192,19 +209,20 @@ impl RowHook for SessionCrypto {
     }
 
     fn encrypt_literal(&mut self, column: usize, value: &str) -> Result<String, CryptoFailure> {
-        let is_bytea = self.column(column)?.is_bytea;
+        let plain_bytea = if self.column(column)?.is_bytea {
+            Some(self.bytea_input(column, value.as_bytes())?)
+        } else {
+            None
+        };
         let cipher = self.active_cipher(column)?;
         count(cipher.mode(), true);
-        if is_bytea {
-            let plain =
-                decode_bytea_text(value.as_bytes()).unwrap_or_else(|| value.as_bytes().to_vec());
-            Ok(format!(
+        Ok(match plain_bytea {
+            Some(plain) => format!(
                 "'{}'::bytea",
                 String::from_utf8_lossy(&encode_bytea_text(&cipher.encrypt(&plain)))
-            ))
-        } else {
-            Ok(format!("'{}'", cipher.encrypt_text(value.as_bytes())))
-        }
+            ),
+            None => format!("'{}'", cipher.encrypt_text(value.as_bytes())),
+        })
     }
 
     fn encrypt_param(
@@ -214,17 +232,16 @@ impl RowHook for SessionCrypto {
         binary: bool,
     ) -> Result<Vec<u8>, CryptoFailure> {
         let is_bytea = self.column(column)?.is_bytea;
+        let plain_bytea = if is_bytea && !binary {
+            Some(self.bytea_input(column, value)?)
+        } else {
+            None
+        };
         let cipher = self.active_cipher(column)?;
         count(cipher.mode(), true);
-        Ok(match (is_bytea, binary) {
-            (true, true) => cipher.encrypt(value),
-            (true, false) => {
-                let Some(plain) = decode_bytea_text(value) else {
-                    let col = self.column(column)?.clone();
-                    return Err(invalid_bytea(&col));
-                };
-                encode_bytea_text(&self.active_cipher(column)?.encrypt(&plain))
-            }
+        Ok(match (is_bytea, plain_bytea) {
+            (true, Some(plain)) => encode_bytea_text(&cipher.encrypt(&plain)),
+            (true, None) => cipher.encrypt(value),
             (false, _) => cipher.encrypt_text(value).into_bytes(),
         })
     }

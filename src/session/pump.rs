@@ -290,10 +290,11 @@ async fn from_client(
 
 /// Rebuild the session's protection when the configuration was reloaded.
 async fn follow_reload(shared: &Shared, prot: &mut Protection) -> Result<(), SessionError> {
-    let rt = shared.runtime.load_full();
-    if Arc::ptr_eq(&prot.config, &rt.config) {
+    // A borrowed guard: this runs on every read, so no refcount traffic.
+    if Arc::ptr_eq(&prot.config, &shared.runtime.load().config) {
         return Ok(());
     }
+    let rt = shared.runtime.load_full();
     *prot = super::protection(&rt, shared, &prot.tenant.clone(), &prot.region.clone()).await?;
     Ok(())
 }
