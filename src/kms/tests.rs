@@ -35,7 +35,7 @@ fn fake_kms(policy: RetryPolicy) -> Kms {
 fn fake(kms: &Kms) -> &FakeKms {
     match kms.backend() {
         KmsBackend::Fake(f) => f,
-        KmsBackend::Local(_) => unreachable!(),
+        _ => unreachable!("built as a fake"),
     }
 }
 

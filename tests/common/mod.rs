@@ -282,6 +282,15 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// A tenant on a KMS other than the default local one.
+#[derive(Clone, Debug)]
+pub struct TenantSpec {
+    pub region: String,
+    pub kms: String,
+    pub key: String,
+    pub extra: String,
+}
+
 /// Options of a proxy under test. Defaults: trust auth, tenants
 /// acme→eu, globex→us, initech→apac, users `acme_app` (acme, globex),
 /// `globex_app` (globex), `initech_app` (initech), password `<user>-pw`.
@@ -290,6 +299,10 @@ pub struct ProxyBuilder {
     auth: &'static str,
     users: Vec<User>,
     tenants: BTreeMap<String, String>,
+    /// Tenants on another KMS: name → (region, kms, key, extra lines).
+    tenant_specs: BTreeMap<String, TenantSpec>,
+    /// Extra `[kms.NAME]` sections: name → body lines.
+    kms_sections: BTreeMap<String, String>,
     tls: Option<TlsFiles>,
     tls_mode: Option<String>,
     tables: Vec<String>,
@@ -313,6 +326,8 @@ impl ProxyBuilder {
             auth: "trust",
             users: Vec::new(),
             tenants,
+            tenant_specs: BTreeMap::new(),
+            kms_sections: BTreeMap::new(),
             tls: None,
             tls_mode: None,
             tables: Vec::new(),
@@ -349,6 +364,37 @@ impl ProxyBuilder {
 
     pub fn tenant(mut self, name: &str, region: &str) -> Self {
         self.tenants.insert(name.to_string(), region.to_string());
+        self
+    }
+
+    /// Adds a `[kms.NAME]` section; `body` is its lines, e.g.
+    /// `"provider = \"vault-transit\"\naddress = \"http://...\""`.
+    pub fn kms(mut self, name: &str, body: &str) -> Self {
+        self.kms_sections.insert(name.to_string(), body.to_string());
+        self
+    }
+
+    /// A tenant on KMS `kms` with KEK `key`; `extra` holds more lines of
+    /// `[tenants.NAME]` (e.g. `dek_cache_ttl = "1s"`). Replaces a default
+    /// tenant of the same name.
+    pub fn tenant_on(
+        mut self,
+        name: &str,
+        region: &str,
+        kms: &str,
+        key: &str,
+        extra: &str,
+    ) -> Self {
+        self.tenants.remove(name);
+        self.tenant_specs.insert(
+            name.to_string(),
+            TenantSpec {
+                region: region.to_string(),
+                kms: kms.to_string(),
+                key: key.to_string(),
+                extra: extra.to_string(),
+            },
+        );
         self
     }
 
@@ -445,6 +491,20 @@ impl ProxyBuilder {
                 "\n[tenants.{tenant}]\nregion = {}\nkms = \"dev\"\nkey = {}",
                 toml_str(region),
                 toml_str(&format!("{tenant}-kek"))
+            )
+            .unwrap();
+        }
+        for (name, body) in &self.kms_sections {
+            writeln!(c, "\n[kms.{name}]\n{body}").unwrap();
+        }
+        for (tenant, t) in &self.tenant_specs {
+            writeln!(
+                c,
+                "\n[tenants.{tenant}]\nregion = {}\nkms = {}\nkey = {}\n{}",
+                toml_str(&t.region),
+                toml_str(&t.kms),
+                toml_str(&t.key),
+                t.extra
             )
             .unwrap();
         }
@@ -645,8 +705,14 @@ impl Proxy {
         self.builder
             .tenants
             .get(tenant)
+            .cloned()
+            .or_else(|| {
+                self.builder
+                    .tenant_specs
+                    .get(tenant)
+                    .map(|t| t.region.clone())
+            })
             .unwrap_or_else(|| panic!("tenant {tenant} is not configured"))
-            .clone()
     }
 
     /// Database that a region's DSN names (what direct mode connects to).
