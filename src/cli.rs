@@ -31,6 +31,36 @@ enum GuardsAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Per tenant: KMS, key, active DEK version, versions still used by
+    /// data, cache state, last KMS error.
+    Status {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: KeysFormat,
+    },
+    /// Describe the tenant's KEK, test a wrap + unwrap (and a signature with
+    /// its signing_key); exit 1 unless the key is usable.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KeysFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (the default command).
     Serve,
@@ -48,6 +78,21 @@ enum Command {
     Guards {
         #[command(subcommand)]
         action: GuardsAction,
+    },
+    /// Tenant data keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Export a tenant's KMS operation log (byokpg.kms_log of its region).
+    KmsLog {
+        #[arg(long)]
+        tenant: String,
+        /// RFC 3339 time or date, or an age such as 24h or 7d.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: LogFormat,
     },
     /// First run on one machine: three region databases on a local
     /// PostgreSQL, a demo config with the local KMS, then the proxy.
@@ -77,6 +122,12 @@ pub fn main() -> ExitCode {
         },
         Command::Setup => setup(&path),
         Command::Guards { action } => guards(&path, &action),
+        Command::Keys { action } => keys(&path, &action),
+        Command::KmsLog {
+            tenant,
+            since,
+            format,
+        } => kms_log(&path, &tenant, since.as_deref(), format),
         Command::Demo { pg, port } => demo(&crate::demo::DemoOptions { pg, port }),
     }
 }
@@ -151,6 +202,57 @@ fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
             }
         },
     }
+}
+
+fn keys(path: &std::path::Path, action: &KeysAction) -> ExitCode {
+    use crate::keys::commands::{self, Format};
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match action {
+        KeysAction::Verify { tenant } => rt.block_on(commands::verify(&cfg, tenant)),
+        KeysAction::Status { tenant, format } => {
+            let f = match format {
+                KeysFormat::Text => Format::Text,
+                KeysFormat::Json => Format::Json,
+            };
+            rt.block_on(commands::status(&cfg, tenant.as_deref(), f))
+        }
+    }
+}
+
+fn kms_log(
+    path: &std::path::Path,
+    tenant: &str,
+    since: Option<&str>,
+    format: LogFormat,
+) -> ExitCode {
+    use crate::keys::commands::{self, Format};
+    let since = match since.map(commands::parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("byokpg: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let f = match format {
+        LogFormat::Csv => Format::Csv,
+        LogFormat::Json => Format::Json,
+    };
+    rt.block_on(commands::kms_log(&cfg, tenant, since, f))
 }
 
 fn demo(opts: &crate::demo::DemoOptions) -> ExitCode {

@@ -20,7 +20,7 @@
 mod inspect;
 mod install;
 mod report;
-mod sql;
+pub mod sql;
 
 #[cfg(test)]
 mod tests;

@@ -13,10 +13,11 @@ use quick_cache::sync::Cache;
 use super::KeyError;
 use super::cache::{DEFAULT_CAPACITY, DekCache};
 use super::flight::{Flight, Flights};
+use super::log::{self, KmsLogEntry};
 use super::store::{RegionStore, StoredKey};
 use crate::config::Config;
 use crate::crypto::Dek;
-use crate::kms::{Kms, KmsError};
+use crate::kms::{Kms, KmsError, KmsOp};
 
 /// A tenant's key settings, from `[tenants.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,8 @@ struct TenantKeys {
     key_ref: String,
     ttl: Duration,
     signing_key: Option<String>,
+    /// `unwrap_log_sample`: share of successful unwraps written to the KMS log.
+    log_sample: f64,
 }
 
 /// Everything the config decides; swapped whole on reload.
@@ -52,6 +55,7 @@ impl Registry {
                     key_ref: t.key.clone(),
                     ttl: t.dek_cache_ttl,
                     signing_key: t.signing_key.clone(),
+                    log_sample: t.unwrap_log_sample,
                 };
                 (name.clone(), keys)
             })
@@ -336,10 +340,9 @@ impl KeyManager {
         flight: &Flight<ActiveResult>,
     ) -> ActiveResult {
         let kms = reg.kms(&t.kms, tenant)?;
-        let fresh = kms
-            .generate_data_key(&t.key_ref)
-            .await
-            .map_err(|e| KeyError::kms(tenant, e))?;
+        let fresh = kms.generate_data_key(&t.key_ref).await;
+        log_kms(reg, tenant, t, &kms, KmsOp::Generate, &t.key_ref, &fresh);
+        let fresh = fresh.map_err(|e| KeyError::kms(tenant, e))?;
         let (row, created) = store
             .insert_first_key(tenant, kms.name(), &t.key_ref, &fresh.wrapped)
             .await
@@ -387,10 +390,29 @@ impl KeyManager {
                         })?,
                 };
                 let kms = reg.kms(&row.kms, tenant)?;
-                kms.unwrap(&row.key_ref, &row.wrapped)
-                    .await
-                    .map_err(|e| KeyError::kms(tenant, e))
+                let dek = kms.unwrap(&row.key_ref, &row.wrapped).await;
+                log_kms(reg, tenant, t, &kms, KmsOp::Unwrap, &row.key_ref, &dek);
+                dek.map_err(|e| KeyError::kms(tenant, e))
             })
             .await
+    }
+}
+
+/// Writes one KMS operation to the tenant's KMS log, in the background.
+fn log_kms<T>(
+    reg: &Registry,
+    tenant: &str,
+    t: &TenantKeys,
+    kms: &Kms,
+    op: KmsOp,
+    key_ref: &str,
+    result: &Result<T, KmsError>,
+) {
+    let entry = KmsLogEntry::of(tenant, kms.name(), op, key_ref, result);
+    if !entry.wanted(t.log_sample) {
+        return;
+    }
+    if let Ok(store) = reg.store(&t.region, tenant) {
+        log::spawn_append(store, entry);
     }
 }

@@ -216,6 +216,29 @@ impl RegionStore {
         }
     }
 
+    /// Runs a statement whose rows do not matter (other modules of `keys`).
+    pub(super) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        self.query(sql, params).await.map(drop)
+    }
+
+    /// Runs a query for other modules of `keys`.
+    pub(super) async fn select(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.query(sql, params).await
+    }
+
+    /// A row that does not decode.
+    pub(super) fn row_error(&self, e: &tokio_postgres::Error) -> StoreError {
+        self.table_error(format!("a row cannot be read ({e})"))
+    }
+
     async fn query_opt(
         &self,
         sql: &str,
