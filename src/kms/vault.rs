@@ -88,7 +88,9 @@ struct VerifyAnswer {
     valid: bool,
 }
 
+/// The fields of Vault's key read that byokpg shows (its JSON has the bools).
 #[derive(Deserialize)]
+#[allow(clippy::struct_excessive_bools)]
 struct KeyAnswer {
     #[serde(rename = "type")]
     kind: String,
@@ -102,6 +104,9 @@ struct KeyAnswer {
     supports_encryption: bool,
     #[serde(default)]
     supports_signing: bool,
+    /// OpenBao: the key is soft-deleted and refuses every operation.
+    #[serde(default)]
+    soft_deleted: bool,
 }
 
 /// The authentication a `[kms.NAME]` section asks for.
@@ -251,10 +256,15 @@ impl VaultTransit {
 
     pub async fn describe(&self, key_ref: &str) -> Result<KeyInfo, KmsError> {
         let k = self.read_key(key_ref).await?;
+        let state = if k.soft_deleted {
+            "soft-deleted"
+        } else {
+            "usable"
+        };
         Ok(KeyInfo {
-            enabled: true,
+            enabled: !k.soft_deleted,
             description: format!(
-                "Transit key {key_ref} at {}: type {}, latest version {}, min decryption version {}, \
+                "Transit key {key_ref} at {}: {state}, type {}, latest version {}, min decryption version {}, \
                  supports encryption {}, supports signing {}, deletion allowed {}",
                 self.inner.mount,
                 k.kind,

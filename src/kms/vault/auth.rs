@@ -217,7 +217,7 @@ impl Auth {
                 Ok(new) if lease_left(&self.state()) >= MIN_USEFUL_TTL => return Ok(new),
                 Ok(_) => {} // AppRole token at its max TTL: log in again.
                 Err(e) => {
-                    tracing::warn!(target: "byokpg::kms", provider = "vault-transit", error = %e, "byokpg: Vault token renewal failed")
+                    tracing::warn!(target: "byokpg::kms", provider = "vault-transit", error = %e, "byokpg: Vault token renewal failed");
                 }
             }
         }

@@ -256,6 +256,8 @@ pub(super) fn map_status(status: StatusCode, body: &[u8]) -> KmsError {
         400 if has("invalid role") || has("invalid secret") || has("permission denied") => {
             KmsError::AccessDenied(text)
         }
+        // OpenBao's soft delete (undone by soft-delete-restore).
+        400 if has("soft-deleted") || has("soft deleted") => KmsError::KeyDestroyed(text),
         400 if has("disallowed by policy") || has("min_decryption_version") => {
             KmsError::KeyDisabled(text)
         }
