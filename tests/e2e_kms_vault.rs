@@ -213,6 +213,10 @@ const USER: &str = "vault_app";
 
 impl Fixture {
     async fn new(kms_body: &str) -> Self {
+        Self::with_ttl(kms_body, "2s").await
+    }
+
+    async fn with_ttl(kms_body: &str, ttl: &str) -> Self {
         let table = unique_name("vault");
         let marker = unique_name("pt");
         let tenant = unique_name("vt");
@@ -223,7 +227,7 @@ impl Fixture {
         .await;
         let proxy = Proxy::builder()
             .kms("vault", kms_body)
-            .tenant_on(&tenant, "eu", "vault", KEY, "dek_cache_ttl = \"2s\"")
+            .tenant_on(&tenant, "eu", "vault", KEY, &format!("dek_cache_ttl = \"{ttl}\""))
             .user(USER, "vault_app-pw", &[&tenant, "globex"])
             .policy_table(&format!(
                 "[[table]]\nname = \"{table}\"\ntenant_column = \"tenant_id\"\n[table.columns]\nsecret = \"randomized\"\n"
@@ -369,6 +373,30 @@ async fn revoked_token_gives_58000_after_the_ttl_for_that_tenant_only() {
         !f.proxy.log().contains(&token),
         "the token must never be logged"
     );
+}
+
+#[tokio::test]
+async fn evict_after_revocation_fails_the_tenant_at_once() {
+    let bao = Bao::start().await;
+    bao.create_key(KEY, "aes256-gcm96").await;
+    bao.put_policy(POLICY, &grant(KEY)).await;
+    let token = bao.token(POLICY, "1h").await;
+    // A long TTL: without evict the revocation would go unnoticed for an hour.
+    let f = Fixture::with_ttl(&bao.kms_section(&format!("token = \"{token}\"")), "1h").await;
+    let acme = f.vault_client().await;
+    let id = f.round_trip(&acme, 1).await;
+    bao.revoke(&token).await;
+    // Still cached: the DEK is readable until evicted.
+    f.read(&acme, id).await.expect("cached DEK still serves");
+    let (status, body) = f.proxy.admin_post(
+        &format!("/admin/tenants/{}/evict", f.tenant),
+        Some(common::ADMIN_TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"evicted\":1"), "{body}");
+    // Zero lag: the very next statement asks Vault, which refuses.
+    expect_key_error(&f, &acme, id, "58000", "access denied by the KMS").await;
+    assert_others_unaffected(&f, 2).await;
 }
 
 #[tokio::test]
