@@ -95,23 +95,23 @@ impl KeyMeta {
         if alg != self.sign_alg()? {
             return Ok(false);
         }
-        Ok(match alg {
-            "ES256" => {
-                let mut point = vec![4u8];
-                point.extend(part(&self.jwk.x, "x")?);
-                point.extend(part(&self.jwk.y, "y")?);
-                signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, &point)
-                    .verify(msg, sig)
-                    .is_ok()
-            }
-            _ => {
-                let key = signature::RsaPublicKeyComponents {
-                    n: part(&self.jwk.n, "n")?,
-                    e: part(&self.jwk.e, "e")?,
-                };
-                key.verify(&signature::RSA_PSS_2048_8192_SHA256, msg, sig)
-                    .is_ok()
-            }
-        })
+        if alg == "ES256" {
+            let mut point = vec![4u8];
+            point.extend(part(&self.jwk.x, "x")?);
+            point.extend(part(&self.jwk.y, "y")?);
+            return Ok(signature::UnparsedPublicKey::new(
+                &signature::ECDSA_P256_SHA256_FIXED,
+                &point,
+            )
+            .verify(msg, sig)
+            .is_ok());
+        }
+        let key = signature::RsaPublicKeyComponents {
+            n: part(&self.jwk.n, "n")?,
+            e: part(&self.jwk.e, "e")?,
+        };
+        Ok(key
+            .verify(&signature::RSA_PSS_2048_8192_SHA256, msg, sig)
+            .is_ok())
     }
 }

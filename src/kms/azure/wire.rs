@@ -91,7 +91,6 @@ pub fn map_error(what: &str, reply: &Reply) -> KmsError {
     let deleted = |c: &str| c.contains("Deleted") || c.contains("BeingDeleted");
     match reply.status {
         _ if deleted(&code) || deleted(&inner) => KmsError::KeyDestroyed(text),
-        401 => KmsError::AccessDenied(text),
         403 if matches!(
             inner.as_str(),
             "KeyDisabled" | "KeyExpired" | "KeyNotYetValid"
@@ -99,7 +98,7 @@ pub fn map_error(what: &str, reply: &Reply) -> KmsError {
         {
             KmsError::KeyDisabled(text)
         }
-        403 => KmsError::AccessDenied(text),
+        401 | 403 => KmsError::AccessDenied(text),
         404 => KmsError::NotFound(text),
         409 => KmsError::KeyDestroyed(text),
         429 => KmsError::Throttled(text + &reply.retry_note()),
@@ -107,7 +106,8 @@ pub fn map_error(what: &str, reply: &Reply) -> KmsError {
         // DEK is not this KEK's (wrong key, or tampered).
         400 if what.contains("unwrapkey") => KmsError::AccessDenied(text),
         400 => KmsError::Config(text),
-        s if s >= 500 => KmsError::Unavailable(text),
+        // 5xx, and anything else unexpected: the service is not answering
+        // properly; retried, then 58030.
         _ => KmsError::Unavailable(text),
     }
 }
