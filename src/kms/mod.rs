@@ -22,6 +22,7 @@ mod error;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod gcp;
+pub(crate) mod http;
 pub mod local;
 mod retry;
 pub mod vault;
