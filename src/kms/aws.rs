@@ -87,7 +87,13 @@ impl AwsKms {
                 "kms.{name}: `external_id` needs `assume_role_arn`"
             )));
         }
-        let base = base_sdk_config(&region).await;
+        let base = base_sdk_config(&region, None, None).await;
+        Ok(Self::with_base(name, cfg, region, base).await)
+    }
+
+    /// The provider over an already loaded SDK config (tests give one with
+    /// fixed credentials instead of the environment's chain).
+    async fn with_base(name: &str, cfg: &KmsConfig, region: String, base: SdkConfig) -> Self {
         let sdk = match &cfg.assume_role_arn {
             None => base,
             Some(arn) => with_assumed_role(base, name, arn, cfg.external_id.as_deref()).await,
@@ -96,11 +102,11 @@ impl AwsKms {
         if let Some(ep) = &cfg.endpoint {
             kms = kms.endpoint_url(ep);
         }
-        Ok(Self {
+        Self {
             client: aws_sdk_kms::Client::from_conf(kms.build()),
             region,
             sign_specs: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub async fn generate_data_key(&self, key_ref: &str) -> Result<DataKey, KmsError> {
@@ -338,18 +344,28 @@ impl AwsKms {
 }
 
 /// Region, credential chain and a ring-based rustls HTTPS client (no
-/// aws-lc), with the SDK's retries and timeouts off.
-async fn base_sdk_config(region: &str) -> SdkConfig {
+/// aws-lc), with the SDK's retries and timeouts off. `credentials` and
+/// `endpoint` replace the standard chain's (tests only).
+async fn base_sdk_config(
+    region: &str,
+    credentials: Option<SharedCredentialsProvider>,
+    endpoint: Option<&str>,
+) -> SdkConfig {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .http_client(http)
         .retry_config(RetryConfig::disabled())
-        .timeout_config(TimeoutConfig::disabled())
-        .load()
-        .await
+        .timeout_config(TimeoutConfig::disabled());
+    if let Some(c) = credentials {
+        loader = loader.credentials_provider(c);
+    }
+    if let Some(e) = endpoint {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
 }
 
 /// `base` with its credentials replaced by an STS `AssumeRole` session
