@@ -85,7 +85,7 @@ impl Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let addr = ("127.0.0.1", port);
         while TcpStream::connect(addr).is_err() {
             assert!(

@@ -20,6 +20,10 @@
 //! SDK's identity cache refreshes before they expire. `endpoint` overrides
 //! the KMS endpoint only; STS keeps its own (or `AWS_ENDPOINT_URL_STS`).
 //!
+//! Each SDK call is boxed: its future type is deep enough that inlining it
+//! into every caller's future (through [`super::KmsBackend`]) overflows
+//! rustc's query depth limit, and one allocation per KMS call is nothing.
+//!
 //! The SDK's own retries and timeouts are off: [`super::retry::run`] owns
 //! the deadline and the backoff, and retries only what
 //! [`KmsError::is_transient`] says (see [`errors`] for the mapping).
@@ -111,15 +115,16 @@ impl AwsKms {
 
     pub async fn generate_data_key(&self, key_ref: &str) -> Result<DataKey, KmsError> {
         let (k, v) = ENCRYPTION_CONTEXT;
-        let mut out = self
-            .client
-            .generate_data_key()
-            .key_id(key_ref)
-            .key_spec(DataKeySpec::Aes256)
-            .encryption_context(k, v)
-            .send()
-            .await
-            .map_err(|e| errors::from_sdk("GenerateDataKey", &e))?;
+        let mut out = Box::pin(
+            self.client
+                .generate_data_key()
+                .key_id(key_ref)
+                .key_spec(DataKeySpec::Aes256)
+                .encryption_context(k, v)
+                .send(),
+        )
+        .await
+        .map_err(|e| errors::from_sdk("GenerateDataKey", &e))?;
         let plaintext = dek_from_blob("GenerateDataKey", out.plaintext.take())?;
         let wrapped = out
             .ciphertext_blob
@@ -131,15 +136,16 @@ impl AwsKms {
 
     pub async fn wrap(&self, key_ref: &str, dek: &Dek) -> Result<Vec<u8>, KmsError> {
         let (k, v) = ENCRYPTION_CONTEXT;
-        let out = self
-            .client
-            .encrypt()
-            .key_id(key_ref)
-            .plaintext(Blob::new(dek.expose_secret().to_vec()))
-            .encryption_context(k, v)
-            .send()
-            .await
-            .map_err(|e| errors::from_sdk("Encrypt", &e))?;
+        let out = Box::pin(
+            self.client
+                .encrypt()
+                .key_id(key_ref)
+                .plaintext(Blob::new(dek.expose_secret().to_vec()))
+                .encryption_context(k, v)
+                .send(),
+        )
+        .await
+        .map_err(|e| errors::from_sdk("Encrypt", &e))?;
         out.ciphertext_blob
             .map(Blob::into_inner)
             .ok_or_else(|| missing("Encrypt", "CiphertextBlob"))
@@ -147,24 +153,21 @@ impl AwsKms {
 
     pub async fn unwrap(&self, key_ref: &str, wrapped: &[u8]) -> Result<Dek, KmsError> {
         let (k, v) = ENCRYPTION_CONTEXT;
-        let mut out = self
-            .client
-            .decrypt()
-            .key_id(key_ref)
-            .ciphertext_blob(Blob::new(wrapped))
-            .encryption_context(k, v)
-            .send()
-            .await
-            .map_err(|e| errors::from_sdk("Decrypt", &e))?;
+        let mut out = Box::pin(
+            self.client
+                .decrypt()
+                .key_id(key_ref)
+                .ciphertext_blob(Blob::new(wrapped))
+                .encryption_context(k, v)
+                .send(),
+        )
+        .await
+        .map_err(|e| errors::from_sdk("Decrypt", &e))?;
         dek_from_blob("Decrypt", out.plaintext.take())
     }
 
     pub async fn describe(&self, key_ref: &str) -> Result<KeyInfo, KmsError> {
-        let out = self
-            .client
-            .describe_key()
-            .key_id(key_ref)
-            .send()
+        let out = Box::pin(self.client.describe_key().key_id(key_ref).send())
             .await
             .map_err(|e| errors::from_sdk("DescribeKey", &e))?;
         let meta = out
@@ -210,11 +213,7 @@ impl AwsKms {
         if let Some(s) = self.specs().get(key_ref) {
             return Ok(Arc::clone(s));
         }
-        let out = self
-            .client
-            .describe_key()
-            .key_id(key_ref)
-            .send()
+        let out = Box::pin(self.client.describe_key().key_id(key_ref).send())
             .await
             .map_err(|e| errors::from_sdk("DescribeKey", &e))?;
         let meta = out
@@ -240,16 +239,17 @@ impl AwsKms {
     ) -> Result<Signature, KmsError> {
         let alg = spec.signing_algorithm()?;
         let (message, kind) = signing::message_for(&alg, msg)?;
-        let out = self
-            .client
-            .sign()
-            .key_id(key_ref)
-            .signing_algorithm(alg.clone())
-            .message_type(kind)
-            .message(Blob::new(message))
-            .send()
-            .await
-            .map_err(|e| errors::from_sdk("Sign", &e))?;
+        let out = Box::pin(
+            self.client
+                .sign()
+                .key_id(key_ref)
+                .signing_algorithm(alg.clone())
+                .message_type(kind)
+                .message(Blob::new(message))
+                .send(),
+        )
+        .await
+        .map_err(|e| errors::from_sdk("Sign", &e))?;
         let bytes = out
             .signature
             .map(Blob::into_inner)
@@ -271,16 +271,17 @@ impl AwsKms {
             return Ok(false);
         };
         let (message, kind) = signing::message_for(&alg, msg)?;
-        let result = self
-            .client
-            .verify()
-            .key_id(key_ref)
-            .signing_algorithm(alg)
-            .message_type(kind)
-            .message(Blob::new(message))
-            .signature(Blob::new(sig.bytes.clone()))
-            .send()
-            .await;
+        let result = Box::pin(
+            self.client
+                .verify()
+                .key_id(key_ref)
+                .signing_algorithm(alg)
+                .message_type(kind)
+                .message(Blob::new(message))
+                .signature(Blob::new(sig.bytes.clone()))
+                .send(),
+        )
+        .await;
         match result {
             Ok(out) => Ok(out.signature_valid),
             Err(e) if errors::is_code(&e, "KMSInvalidSignatureException") => Ok(false),
@@ -296,15 +297,16 @@ impl AwsKms {
     ) -> Result<Signature, KmsError> {
         let alg = spec.mac_algorithm()?;
         signing::check_mac_len(msg)?;
-        let out = self
-            .client
-            .generate_mac()
-            .key_id(key_ref)
-            .mac_algorithm(alg.clone())
-            .message(Blob::new(msg))
-            .send()
-            .await
-            .map_err(|e| errors::from_sdk("GenerateMac", &e))?;
+        let out = Box::pin(
+            self.client
+                .generate_mac()
+                .key_id(key_ref)
+                .mac_algorithm(alg.clone())
+                .message(Blob::new(msg))
+                .send(),
+        )
+        .await
+        .map_err(|e| errors::from_sdk("GenerateMac", &e))?;
         let bytes = out
             .mac
             .map(Blob::into_inner)
@@ -326,15 +328,16 @@ impl AwsKms {
             return Ok(false);
         };
         signing::check_mac_len(msg)?;
-        let result = self
-            .client
-            .verify_mac()
-            .key_id(key_ref)
-            .mac_algorithm(alg)
-            .message(Blob::new(msg))
-            .mac(Blob::new(sig.bytes.clone()))
-            .send()
-            .await;
+        let result = Box::pin(
+            self.client
+                .verify_mac()
+                .key_id(key_ref)
+                .mac_algorithm(alg)
+                .message(Blob::new(msg))
+                .mac(Blob::new(sig.bytes.clone()))
+                .send(),
+        )
+        .await;
         match result {
             Ok(out) => Ok(out.mac_valid),
             Err(e) if errors::is_code(&e, "KMSInvalidMacException") => Ok(false),
