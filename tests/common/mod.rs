@@ -308,6 +308,8 @@ pub struct ProxyBuilder {
     tables: Vec<String>,
     region_dsn: BTreeMap<String, String>,
     server_lines: Vec<String>,
+    /// Extra environment of the `byokpg serve` child (e.g. AWS credentials).
+    env: Vec<(String, String)>,
 }
 
 impl Default for ProxyBuilder {
@@ -333,7 +335,14 @@ impl ProxyBuilder {
             tables: Vec::new(),
             region_dsn: BTreeMap::new(),
             server_lines: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// An environment variable for the `byokpg serve` process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// An extra `key = value` line in `[server]`.
@@ -598,6 +607,7 @@ impl Proxy {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        cmd.envs(self.builder.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().unwrap());
         self.wait_ready();
     }
