@@ -31,6 +31,34 @@ enum GuardsAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Walk a tenant's hash chain from the stored rows and check its
+    /// attestations; exit 1 naming the first broken row.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        /// The hash-chained table (`name` or `schema.name`).
+        #[arg(long)]
+        table: String,
+        /// First chain_seq to check (default 1).
+        #[arg(long, value_name = "SEQ")]
+        from: Option<i64>,
+        /// Last chain_seq to check (default: the head).
+        #[arg(long, value_name = "SEQ")]
+        to: Option<i64>,
+    },
+    /// Sign the current chain head(s) with the tenant's signing_key and
+    /// store the attestation in byokpg.audit_attestations.
+    Attest {
+        #[arg(long)]
+        tenant: String,
+        /// Only this table (default: every hash-chained table).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (the default command).
     Serve,
@@ -48,6 +76,11 @@ enum Command {
     Guards {
         #[command(subcommand)]
         action: GuardsAction,
+    },
+    /// Append-only audit tables: verify the hash chain, attest its head.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
     },
     /// First run on one machine: three region databases on a local
     /// PostgreSQL, a demo config with the local KMS, then the proxy.
@@ -77,6 +110,7 @@ pub fn main() -> ExitCode {
         },
         Command::Setup => setup(&path),
         Command::Guards { action } => guards(&path, &action),
+        Command::Audit { action } => audit(&path, action),
         Command::Demo { pg, port } => demo(&crate::demo::DemoOptions { pg, port }),
     }
 }
@@ -150,6 +184,53 @@ fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+    }
+}
+
+fn audit(path: &std::path::Path, action: AuditAction) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let outcome = match action {
+        AuditAction::Verify {
+            tenant,
+            table,
+            from,
+            to,
+        } => {
+            let opts = crate::audit::VerifyOptions {
+                tenant,
+                table,
+                from,
+                to,
+            };
+            rt.block_on(crate::audit::verify(&cfg, &opts))
+                .map(|v| (vec![v.to_string()], v.broken.is_none()))
+        }
+        AuditAction::Attest { tenant, table } => rt
+            .block_on(crate::audit::attest(&cfg, &tenant, table.as_deref()))
+            .map(|lines| (lines, true)),
+    };
+    match outcome {
+        Ok((lines, ok)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
     }
 }
 
