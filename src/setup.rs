@@ -76,7 +76,7 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
-        description: "audit: hash-chain trigger function and audit_attestations",
+        description: "audit_attestations: KMS-signed heads of hash-chained audit tables",
         sql: crate::audit::sql::MIGRATION_3,
     },
 ];

@@ -35,6 +35,11 @@ async fn attach_all(client: &Client, tables: &[&TableConfig]) -> Result<Vec<Stri
         )
         .await
         .map_err(pg)?;
+    // Replaced at every setup, so the function always matches this binary.
+    client
+        .batch_execute(super::sql::CHAIN_FUNCTION)
+        .await
+        .map_err(pg)?;
     let mut lines = Vec::new();
     for t in tables {
         let line = attach_one(client, t)

@@ -17,19 +17,17 @@ fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The canonical encoding of a row's hashed columns, in attnum order:
-/// per column `u32be(len(name)) name`, then `0x00` for NULL or
-/// `0x01 u32be(len(value)) value` (the value's text form, UTF-8).
+/// The canonical encoding of a row's hashed columns, in attnum order: per
+/// non-NULL column `u32be(len(name)) name u32be(len(value)) value` (the
+/// value's text form, UTF-8). NULL columns are left out, so a NULL differs
+/// from an empty string and a column added later (NULL in older rows)
+/// leaves older rows' hashes intact.
 pub fn encode_row<'a>(columns: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in columns {
-        put_field(&mut out, name.as_bytes());
-        match value {
-            None => out.push(0),
-            Some(v) => {
-                out.push(1);
-                put_field(&mut out, v.as_bytes());
-            }
+        if let Some(v) = value {
+            put_field(&mut out, name.as_bytes());
+            put_field(&mut out, v.as_bytes());
         }
     }
     out

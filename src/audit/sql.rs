@@ -2,16 +2,16 @@
 //! attestations table, and the statements `byokpg setup` uses to attach the
 //! trigger. docs/FORMAT.md "Hash chain" describes the encoding.
 
-/// Migration 3: the chain trigger function and the attestations table.
-///
-/// The function, per row: reads the other columns' text forms (their
+/// The chain trigger function. `byokpg setup` creates or replaces it at
+/// every run (under its advisory lock), so it always matches the binary
+/// that verifies. Per row it: reads the other columns' text forms (their
 /// output functions, under the function-level settings, so the client's
 /// session settings play no part), takes the chain's advisory lock, reads
 /// the head, hashes, and fills the three chain columns. `TG_ARGV`:
 /// chain_seq column, prev_hash column, row_hash column, tenant column (''
 /// for one chain per table). Generated columns are skipped: they are
 /// computed after BEFORE triggers, from columns that are hashed.
-pub const MIGRATION_3: &str = concat!(
+pub const CHAIN_FUNCTION: &str = concat!(
     "
     CREATE OR REPLACE FUNCTION byokpg.chain_append() RETURNS trigger
     LANGUAGE plpgsql
@@ -68,14 +68,11 @@ BEGIN
     END IF;
     prev := coalesce(head_hash, repeat('0', 64));
     FOR i IN 1 .. coalesce(array_length(names, 1), 0) LOOP
+        CONTINUE WHEN vals[i] IS NULL;
         b := convert_to(names[i], 'UTF8');
         enc := enc || int4send(length(b)) || b;
-        IF vals[i] IS NULL THEN
-            enc := enc || decode('00', 'hex');
-        ELSE
-            b := convert_to(vals[i], 'UTF8');
-            enc := enc || decode('01', 'hex') || int4send(length(b)) || b;
-        END IF;
+        b := convert_to(vals[i], 'UTF8');
+        enc := enc || int4send(length(b)) || b;
     END LOOP;
     NEW := jsonb_populate_record(NEW, jsonb_build_object(
         seq_col, coalesce(head_seq, 0) + 1,
@@ -87,6 +84,11 @@ END
     "$byokpg$;
     COMMENT ON FUNCTION byokpg.chain_append() IS
         'byokpg: fills chain_seq, prev_hash and row_hash of hash-chained audit tables (see docs/FORMAT.md)';
+    "
+);
+
+/// Migration 3: the attestations table.
+pub const MIGRATION_3: &str = "
     CREATE TABLE IF NOT EXISTS byokpg.audit_attestations (
         id          bigserial   PRIMARY KEY,
         table_name  text        NOT NULL,
@@ -103,8 +105,7 @@ END
         ON byokpg.audit_attestations (table_name, tenant, chain_seq);
     COMMENT ON TABLE byokpg.audit_attestations IS
         'byokpg: KMS-signed chain heads of audit tables (byokpg audit attest; see docs/AUDIT.md)';
-    "
-);
+    ";
 
 /// The settings every text form in the chain is produced under (the
 /// trigger function's `SET` clauses; `audit verify` sets the same).

@@ -4,9 +4,9 @@ use super::*;
 
 const NAMES: [&str; 4] = ["id", "note", "empty", "txt"];
 /// Vectors computed independently (Python hashlib, struct.pack('>I')).
-const ENCODED: &str = "000000026964010000000131000000046e6f74650000000005656d7074790100000000000000037478740100000002c3a9";
-const HASH_1: &str = "9ee19c339a73af677913c2c91376f655c7a975aad278b81fd1a62bdf42dcc57b";
-const HASH_2: &str = "69cc0d64b2da663b568b41b40181af7ce6100e058b4ad073ed5aa1cccbfe64d7";
+const ENCODED: &str = "000000026964000000013100000005656d707479000000000000000374787400000002c3a9";
+const HASH_1: &str = "3ed2fdf94245d180de1dff10c6cf5c2a9064e5b575560d8f52944dfac941221a";
+const HASH_2: &str = "a6b5149697c3144f29e39343d7bac2c34d2084679273f672f4c99b115c38e46e";
 
 fn values() -> Vec<Option<String>> {
     vec![
@@ -37,10 +37,15 @@ fn encoding_matches_the_documented_vector() {
 fn null_empty_and_boundaries_are_distinct() {
     let enc = |v: &[(&'static str, Option<&'static str>)]| encode_row(v.iter().copied());
     assert_ne!(enc(&[("a", None)]), enc(&[("a", Some(""))]));
+    // A column added later, NULL in older rows, leaves them as they were.
+    assert_eq!(
+        enc(&[("a", Some("x"))]),
+        enc(&[("a", Some("x")), ("new", None)])
+    );
     assert_ne!(enc(&[("a", Some("bc"))]), enc(&[("ab", Some("c"))]));
     assert_ne!(
-        enc(&[("a", Some("x")), ("b", None)]),
-        enc(&[("b", None), ("a", Some("x"))])
+        enc(&[("a", Some("x")), ("b", Some("y"))]),
+        enc(&[("b", Some("y")), ("a", Some("x"))])
     );
 }
 
@@ -56,7 +61,7 @@ fn attestation_message_is_tagged_and_length_prefixed() {
     assert!(m.starts_with(b"byokpg attestation v1\n"));
     assert_eq!(
         hex::encode(Sha256::digest(&m)),
-        "691b901863383d0c4a865bb306bc2409f14abf4f4cd3b4894439505177b63d9c"
+        "c9975fde4332d1b808702327109fb3f8d0c176b91c4a8d83262a1cb007b3f3a5"
     );
 }
 
