@@ -434,3 +434,51 @@ async fn guards_triggers_reject_direct_changes() {
         .await
         .expect("drop scratch database");
 }
+
+#[tokio::test]
+async fn a_running_proxy_attests_on_schedule() {
+    let t = unique_name("audit_sched");
+    create_in_regions(&["eu"], &ddl(&t)).await;
+    let tenant = tenant_of(&t);
+    let p = Proxy::builder()
+        .user(USER, "audit_app-pw", &[&tenant])
+        .tenant_on(
+            &tenant,
+            "eu",
+            "dev",
+            "audit-kek",
+            "signing_key = \"audit-sign\"",
+        )
+        .policy_table(&policy(&t))
+        .policy_table("[audit]\nattest_every = \"1s\"\n")
+        .start();
+    p.require_proxy();
+    let c = p.connect(USER, None).await;
+    c.batch_execute(&format!("INSERT INTO {t} (kind) VALUES ('scheduled')"))
+        .await
+        .expect("insert");
+    let direct = direct_client("eu").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let attested = loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM byokpg.audit_attestations WHERE table_name = $1 AND tenant = $2",
+                &[&format!("public.{t}"), &tenant],
+            )
+            .await
+            .expect("count attestations")
+            .get(0);
+        if n > 0 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(
+        attested > 0,
+        "no scheduled attestation within 15 s; log:\n{}",
+        p.log()
+    );
+    let (code, last, err) = verify(&p, &t, &[]);
+    assert_eq!(code, 0, "{last} {err}");
+    assert!(last.starts_with("ok: 1 rows, "), "{last}");
+}

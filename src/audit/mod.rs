@@ -13,9 +13,11 @@ pub mod sql;
 
 pub use attach::attach_chains;
 mod attest;
+mod schedule;
 mod verify;
 
 pub use attest::attest;
+pub use schedule::spawn_scheduled_attest;
 pub use verify::{Verdict, VerifyOptions, verify};
 
 use tokio_postgres::Client;
