@@ -102,45 +102,12 @@ async fn walk(
     heads: &mut HashMap<i64, String>,
 ) -> Result<(u64, Option<Broken>), AuditError> {
     let db = |e: tokio_postgres::Error| t.db_error(&e);
-    let [seq, prev, hash] = t.chain();
-    let names: Vec<String> = client
-        .query(HASHED_COLUMNS_SQL, &[&t.relation(), &vec![seq, prev, hash]])
-        .await
-        .map_err(db)?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if names.is_empty() {
-        return Err(AuditError::Config(format!(
-            "table {} not found in region {}",
-            t.table.qualified(),
-            t.tenant_cfg.region
-        )));
-    }
+    let names = hashed_columns(client, t).await?;
     let anchor = match anchor(client, t, from).await? {
         Ok(h) => h,
         Err(b) => return Ok((0, Some(b))),
     };
-    let mut window = String::new();
-    if opts_bound(from, to, &mut window, &quote_ident(seq)) {
-        window.insert_str(0, " AND ");
-    }
-    let cols: Vec<String> = [seq, prev, hash]
-        .iter()
-        .map(|c| quote_ident(c))
-        .chain(names.iter().map(|n| quote_ident(n)))
-        .collect();
-    client
-        .batch_execute(&format!(
-            "DECLARE byokpg_verify NO SCROLL CURSOR FOR SELECT {} FROM {} WHERE {}{window} \
-             ORDER BY {} NULLS LAST",
-            cols.join(", "),
-            t.relation(),
-            t.tenant_filter(),
-            quote_ident(seq)
-        ))
-        .await
-        .map_err(db)?;
+    declare_cursor(client, t, &names, from, to).await?;
     let mut walk = Walk::new(names, from, anchor);
     loop {
         let batch = client
@@ -176,6 +143,58 @@ async fn walk(
         ),
     });
     Ok((walk.rows(), broken))
+}
+
+/// The hashed columns of the table, in order (docs/FORMAT.md §9).
+async fn hashed_columns(client: &Client, t: &Target<'_>) -> Result<Vec<String>, AuditError> {
+    let [seq, prev, hash] = t.chain();
+    let names: Vec<String> = client
+        .query(HASHED_COLUMNS_SQL, &[&t.relation(), &vec![seq, prev, hash]])
+        .await
+        .map_err(|e| t.db_error(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if names.is_empty() {
+        return Err(AuditError::Config(format!(
+            "table {} not found in region {}",
+            t.table.qualified(),
+            t.tenant_cfg.region
+        )));
+    }
+    Ok(names)
+}
+
+/// The window's rows in chain order (rows without chain_seq last), with
+/// the chain columns first.
+async fn declare_cursor(
+    client: &Client,
+    t: &Target<'_>,
+    names: &[String],
+    from: i64,
+    to: Option<i64>,
+) -> Result<(), AuditError> {
+    let [seq, prev, hash] = t.chain();
+    let mut window = String::new();
+    if opts_bound(from, to, &mut window, &quote_ident(seq)) {
+        window.insert_str(0, " AND ");
+    }
+    let cols: Vec<String> = [seq, prev, hash]
+        .iter()
+        .map(|c| quote_ident(c))
+        .chain(names.iter().map(|n| quote_ident(n)))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "DECLARE byokpg_verify NO SCROLL CURSOR FOR SELECT {} FROM {} WHERE {}{window} \
+             ORDER BY {} NULLS LAST",
+            cols.join(", "),
+            t.relation(),
+            t.tenant_filter(),
+            quote_ident(seq)
+        ))
+        .await
+        .map_err(|e| t.db_error(&e))
 }
 
 /// `chain_seq >= from AND chain_seq <= to` as needed; true when written.

@@ -227,7 +227,8 @@ impl Cx<'_> {
 }
 
 /// Statements that neither read nor write protected values: relayed as is.
-/// (DROP / TRUNCATE of protected tables included: they destroy, not leak.)
+/// (DROP / TRUNCATE of protected tables included: they destroy, not leak;
+/// on append-only tables they are refused earlier, in `statement`.)
 fn is_passthrough(s: &Statement) -> bool {
     matches!(
         s,
