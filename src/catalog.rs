@@ -41,6 +41,9 @@ pub struct Relation {
     pub is_view: bool,
     /// All column names in attnum order.
     pub columns: Vec<String>,
+    /// For a view: the policy tables it reads, directly or through other
+    /// views (OIDs). Empty for tables.
+    pub bases: Vec<u32>,
 }
 
 /// The resolved catalog of one region database.
@@ -54,6 +57,8 @@ pub struct Catalog {
     /// Every relation OID that existed when the catalog was read: a
     /// RowDescription naming any other OID means the catalog is stale.
     pub known_oids: HashSet<u32>,
+    /// Policy tables carrying byokpg's hash-chain trigger (enabled).
+    pub chained: HashSet<u32>,
 }
 
 impl Catalog {
@@ -81,16 +86,23 @@ select c.oid, n.nspname, c.relname, a.attnum, a.attname, t.typname
 /// Views (plain and materialized) depending, directly or through other
 /// views, on the given relations.
 const VIEWS_SQL: &str = "\
-with recursive deps(oid) as (
-    select r.ev_class from pg_depend d join pg_rewrite r on r.oid = d.objid
+with recursive deps(oid, base) as (
+    select r.ev_class, d.refobjid from pg_depend d join pg_rewrite r on r.oid = d.objid
      where d.classid = 'pg_rewrite'::regclass and d.refobjid = any($1::oid[]) and r.ev_class <> d.refobjid
     union
-    select r.ev_class from pg_depend d join pg_rewrite r on r.oid = d.objid join deps on d.refobjid = deps.oid
+    select r.ev_class, deps.base from pg_depend d join pg_rewrite r on r.oid = d.objid join deps on d.refobjid = deps.oid
      where d.classid = 'pg_rewrite'::regclass and r.ev_class <> d.refobjid)
-select distinct v.oid, n.nspname, v.relname, pg_get_viewdef(v.oid),
-       array(select attname::text from pg_attribute where attrelid = v.oid and attnum > 0 and not attisdropped order by attnum)
+select v.oid, n.nspname, v.relname, pg_get_viewdef(v.oid),
+       array(select attname::text from pg_attribute where attrelid = v.oid and attnum > 0 and not attisdropped order by attnum),
+       array_agg(distinct deps.base)
   from deps join pg_class v on v.oid = deps.oid join pg_namespace n on n.oid = v.relnamespace
- where v.relkind in ('v', 'm')";
+ where v.relkind in ('v', 'm')
+ group by v.oid, n.nspname, v.relname";
+
+/// Enabled hash-chain triggers on the given relations.
+const CHAINED_SQL: &str = "\
+select tgrelid from pg_trigger
+ where tgname = $2 and tgenabled <> 'D' and tgrelid = any($1::oid[])";
 
 const KNOWN_SQL: &str = "select oid from pg_class where relkind in ('r', 'p', 'v', 'm', 'f')";
 
@@ -102,6 +114,18 @@ pub async fn load(client: &Client, tables: &[TableConfig]) -> Result<Catalog, Ca
     }
     load_tables(client, tables, &mut cat).await?;
     load_views(client, &mut cat).await?;
+    let bases: Vec<u32> = cat
+        .relations
+        .iter()
+        .filter(|r| !r.is_view)
+        .map(|r| r.oid)
+        .collect();
+    for row in client
+        .query(CHAINED_SQL, &[&bases, &crate::audit::CHAIN_TRIGGER])
+        .await?
+    {
+        cat.chained.insert(row.get::<_, u32>(0));
+    }
     for row in client.query(KNOWN_SQL, &[]).await? {
         cat.known_oids.insert(row.get::<_, u32>(0));
     }
@@ -127,6 +151,7 @@ async fn load_tables(
                 name: name.clone(),
                 is_view: false,
                 columns: Vec::new(),
+                bases: Vec::new(),
             });
         }
         if let Some(rel) = cat.relations.last_mut() {
@@ -159,8 +184,9 @@ fn policy_mode(
         .and_then(|t| t.columns.get(column).copied())
 }
 
-/// A view awaiting resolution: (oid, schema, name, definition, columns).
-type PendingView = (u32, String, String, String, Vec<String>);
+/// A view awaiting resolution: (oid, schema, name, definition, columns,
+/// base tables).
+type PendingView = (u32, String, String, String, Vec<String>, Vec<u32>);
 
 async fn load_views(client: &Client, cat: &mut Catalog) -> Result<(), CatalogError> {
     let base: Vec<u32> = cat.relations.iter().map(|r| r.oid).collect();
@@ -171,7 +197,7 @@ async fn load_views(client: &Client, cat: &mut Catalog) -> Result<(), CatalogErr
         .query(VIEWS_SQL, &[&base])
         .await?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
         .collect();
     // Resolve in rounds: a view over another view resolves once that one has.
     while !pending.is_empty() {
@@ -201,7 +227,7 @@ async fn resolve_view(
     waiting: &HashSet<u32>,
     cat: &mut Catalog,
 ) -> Result<bool, CatalogError> {
-    let (oid, schema, name, def, columns) = view;
+    let (oid, schema, name, def, columns, bases) = view;
     let sql = def.trim().trim_end_matches(';');
     let Ok(stmt) = client.prepare(sql).await else {
         tracing::warn!(view = %name, "cannot prepare a view definition; its columns are treated as unmapped");
@@ -230,6 +256,7 @@ async fn resolve_view(
         name: name.clone(),
         is_view: true,
         columns: columns.clone(),
+        bases: bases.clone(),
     });
     Ok(true)
 }

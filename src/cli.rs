@@ -61,6 +61,34 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Walk a tenant's hash chain from the stored rows and check its
+    /// attestations; exit 1 naming the first broken row.
+    Verify {
+        #[arg(long)]
+        tenant: String,
+        /// The hash-chained table (`name` or `schema.name`).
+        #[arg(long)]
+        table: String,
+        /// First chain_seq to check (default 1).
+        #[arg(long, value_name = "SEQ")]
+        from: Option<i64>,
+        /// Last chain_seq to check (default: the head).
+        #[arg(long, value_name = "SEQ")]
+        to: Option<i64>,
+    },
+    /// Sign the current chain head(s) with the tenant's signing_key and
+    /// store the attestation in byokpg.audit_attestations.
+    Attest {
+        #[arg(long)]
+        tenant: String,
+        /// Only this table (default: every hash-chained table).
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (the default command).
     Serve,
@@ -94,6 +122,11 @@ enum Command {
         #[arg(long, value_enum, default_value = "csv")]
         format: LogFormat,
     },
+    /// Append-only audit tables: verify the hash chain, attest its head.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// First run on one machine: three region databases on a local
     /// PostgreSQL, a demo config with the local KMS, then the proxy.
     Demo {
@@ -122,6 +155,7 @@ pub fn main() -> ExitCode {
         },
         Command::Setup => setup(&path),
         Command::Guards { action } => guards(&path, &action),
+        Command::Audit { action } => audit(&path, action),
         Command::Keys { action } => keys(&path, &action),
         Command::KmsLog {
             tenant,
@@ -253,6 +287,53 @@ fn kms_log(
         LogFormat::Json => Format::Json,
     };
     rt.block_on(commands::kms_log(&cfg, tenant, since, f))
+}
+
+fn audit(path: &std::path::Path, action: AuditAction) -> ExitCode {
+    let cfg = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio_runtime(Some(1)) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let outcome = match action {
+        AuditAction::Verify {
+            tenant,
+            table,
+            from,
+            to,
+        } => {
+            let opts = crate::audit::VerifyOptions {
+                tenant,
+                table,
+                from,
+                to,
+            };
+            rt.block_on(crate::audit::verify(&cfg, &opts))
+                .map(|v| (vec![v.to_string()], v.broken.is_none()))
+        }
+        AuditAction::Attest { tenant, table } => rt
+            .block_on(crate::audit::attest(&cfg, &tenant, table.as_deref()))
+            .map(|lines| (lines, true)),
+    };
+    match outcome {
+        Ok((lines, ok)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn demo(opts: &crate::demo::DemoOptions) -> ExitCode {

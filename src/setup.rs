@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
             'byokpg: every KMS operation made for a tenant (see docs/KMS.md); no key material';
     ",
     },
+    Migration {
+        version: 3,
+        description: "audit_attestations: KMS-signed heads of hash-chained audit tables",
+        sql: crate::audit::sql::MIGRATION_3,
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -143,6 +148,14 @@ pub async fn setup(cfg: &Config) -> Result<Vec<String>, SetupError> {
             })?;
         let applied = migrate(&client, region).await?;
         report.push(applied.report(region));
+        // Hash-chained tables get their trigger once the function exists.
+        let chains = crate::audit::attach_chains(&client, cfg)
+            .await
+            .map_err(|message| SetupError::Migrate {
+                region: region.clone(),
+                message,
+            })?;
+        report.extend(chains.into_iter().map(|l| format!("region {region}: {l}")));
     }
     Ok(report)
 }

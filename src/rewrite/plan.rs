@@ -17,6 +17,7 @@
 //! ciphertext into the original text ([`StatementPlan::splice`]), so comments
 //! and formatting survive byte for byte.
 
+mod append;
 mod copy;
 mod ddl;
 mod expr;
@@ -32,6 +33,8 @@ mod splice;
 mod update;
 
 #[cfg(test)]
+mod append_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -41,7 +44,7 @@ use std::ops::{ControlFlow, Range};
 use sqlparser::ast::{Statement, Value, Visit, Visitor};
 
 pub use copy::{CopyDirection, CopyFormat, CopyPlan, CopyTenant};
-pub use policy::{ColumnMode, PolicyTable, PolicyView};
+pub use policy::{AuditRules, ColumnMode, PolicyTable, PolicyView};
 pub use refusal::Refusal;
 pub use splice::splice_all;
 
@@ -196,7 +199,7 @@ pub fn plan_with_options(
         // Not even tokenizable (e.g. an unterminated literal): PostgreSQL
         // will reject it too, but only if it is not something we misread.
         return match policy.mentions(sql) {
-            Some(tables) => Err(Refusal::cannot_parse(tables)),
+            Some(tables) => Err(escalate(Refusal::cannot_parse(tables), sql, policy)),
             None => Ok(vec![StatementPlan {
                 range: 0..sql.len(),
                 ..StatementPlan::default()
@@ -216,8 +219,24 @@ pub fn plan_with_options(
     }
     src.statements()
         .into_iter()
-        .map(|tokens| plan_one(&src, tokens, policy))
+        .map(|tokens| {
+            let text = &src.sql[src.byte_range(tokens.clone())];
+            plan_one(&src, tokens, policy).map_err(|r| escalate(r, text, policy))
+        })
         .collect()
+}
+
+/// A statement byokpg does not understand is refused with `0A000`; when it
+/// names an append-only table, the refusal is `42501` instead (SPEC §6:
+/// what cannot be proven harmless to such a table is a forbidden write).
+fn escalate(r: Refusal, text: &str, policy: &PolicyView) -> Refusal {
+    if !r.unproven() {
+        return r;
+    }
+    match policy.append_only_mentions(text) {
+        Some(tables) => Refusal::append_only_unproven(tables),
+        None => r,
+    }
 }
 
 /// Parse and plan the statement made of `tokens` (indexes into `src`).
@@ -241,10 +260,7 @@ fn plan_one(
     if text.to_ascii_lowercase().contains("u&\"") {
         // Unicode-escaped identifiers can spell a protected name invisibly.
         if let Some(tables) = policy.mentions(text) {
-            return Err(Refusal::table(
-                tables,
-                "unicode-escaped identifiers (U&\"...\") are not supported on protected tables",
-            ));
+            return Err(Refusal::table(tables, refusal::reason::UNICODE_IDENT));
         }
     }
     let mut cx = Cx::new(policy, src, text, range);

@@ -102,6 +102,7 @@ pub async fn serve(config: Config) -> Result<(), ServerError> {
     let listen = config.server.listen.clone();
     let admin_listen = config.server.admin_listen.clone().filter(|a| !a.is_empty());
     run_setup(&config).await;
+    crate::audit::spawn_scheduled_attest(&config);
     let keys = Arc::new(crate::keys::KeyManager::new(&config).await);
     let _sweeper = keys.spawn_sweeper(Duration::from_secs(5));
     let rt = Runtime::build(config)?;

@@ -456,11 +456,7 @@ impl Relay {
         let outcome = if hits.is_empty() {
             Rewritten::Unchanged
         } else if let Some(w) = ctx.write {
-            match w.append_only_refusal(&hits, sql) {
-                Some(err) => Rewritten::Refuse(err),
-                None => write::rewrite(&mut self.plans, w, hook, sql, extended)
-                    .map_err(RelayError::Need)?,
-            }
+            write::rewrite(&mut self.plans, w, hook, sql, extended).map_err(RelayError::Need)?
         } else {
             let Plan::Refuse(err) = rewrite::plan(&hits) else {
                 return Err(RelayError::Refused(PgError::internal("unexpected plan")));

@@ -9,7 +9,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::protocol::PgError;
 use crate::rewrite::plan::{
-    self, ColumnRef, PolicyTable, PolicyView, Refusal, StatementPlan, TenantCheck,
+    self, AuditRules, ColumnRef, PolicyTable, PolicyView, Refusal, StatementPlan, TenantCheck,
 };
 use crate::rewrite::{CryptoFailure, Need, ParamPlan, RowHook};
 
@@ -19,8 +19,6 @@ pub struct WriteCtx {
     /// The runtime classifier's tables plus this region's views over them:
     /// a statement naming such a view is planned like one on the table.
     pub classifier: crate::rewrite::Classifier,
-    /// Display names of append-only tables (classifier hits use these).
-    append_only: Vec<String>,
     /// Planner column → protected column index in the region catalog.
     columns: HashMap<ColumnRef, usize>,
     /// Changes whenever the catalog or policy changes (plan cache key).
@@ -67,40 +65,17 @@ impl WriteCtx {
                 }
             }
         }
-        let append_only = tables
-            .iter()
-            .filter(|t| t.append_only)
-            .map(PolicyTable::display_name)
-            .collect();
-        add_views(catalog, &mut tables, &mut columns);
+        let mut audit = audit_rules(config, catalog, &tables);
+        add_views(catalog, &mut tables, &mut columns, &mut audit);
         let classifier = crate::rewrite::Classifier::new(
             tables.iter().map(|t| (t.table.clone(), t.display_name())),
         );
         Self {
-            policy: PolicyView::new(tables),
+            policy: PolicyView::new(tables).with_audit(audit),
             classifier,
-            append_only,
             columns,
             generation,
         }
-    }
-
-    /// Append-only enforcement and hash chains arrive with the audit
-    /// feature; until then only a single plain SELECT may touch such a table
-    /// (fail closed: an UPDATE must not go through just because nothing
-    /// enforces it yet).
-    pub fn append_only_refusal(&self, hits: &[String], sql: &[u8]) -> Option<PgError> {
-        let table = hits.iter().find(|h| self.append_only.contains(h))?;
-        let text = String::from_utf8_lossy(sql);
-        let body = text.trim().trim_end_matches(';');
-        let plain_select =
-            body.len() >= 6 && body[..6].eq_ignore_ascii_case("select") && !body.contains(';');
-        (!plain_select).then(|| {
-            PgError::refused(
-                "0A000",
-                format!("byokpg: {table} is append-only; writes to it are not supported by this build (only SELECT)"),
-            )
-        })
     }
 
     fn column(&self, c: ColumnRef) -> Result<usize, PgError> {
@@ -116,15 +91,65 @@ impl WriteCtx {
     }
 }
 
+/// The append-only rules of the config's tables (same order as `tables`):
+/// chain columns, and whether the chain trigger is in place.
+fn audit_rules(
+    config: &Config,
+    catalog: &Catalog,
+    tables: &[PolicyTable],
+) -> Vec<(usize, AuditRules)> {
+    let mut out = Vec::new();
+    for (i, (t, cfg)) in tables.iter().zip(&config.tables).enumerate() {
+        if !t.append_only {
+            continue;
+        }
+        let chain = cfg.chain_columns().map(|c| c.map(str::to_owned));
+        let chain_ready = catalog
+            .relations
+            .iter()
+            .find(|r| !r.is_view && r.schema == t.schema && r.name == t.table)
+            .is_some_and(|r| catalog.chained.contains(&r.oid));
+        out.push((
+            i,
+            AuditRules {
+                chain,
+                chain_ready,
+                view: false,
+            },
+        ));
+    }
+    out
+}
+
+/// The OIDs of the append-only tables among `tables`.
+fn append_only_oids(catalog: &Catalog, tables: &[PolicyTable]) -> Vec<u32> {
+    catalog
+        .relations
+        .iter()
+        .filter(|r| {
+            !r.is_view
+                && tables
+                    .iter()
+                    .any(|t| t.append_only && r.schema == t.schema && r.name == t.table)
+        })
+        .map(|r| r.oid)
+        .collect()
+}
+
 /// Views over protected tables become policy relations whose protected
 /// columns map to the base columns (so values are encrypted under the base
-/// column's key and identity, whichever name the statement uses).
+/// column's key and identity, whichever name the statement uses). A view
+/// over an append-only table becomes append-only itself, with every write
+/// through it refused.
 fn add_views(
     catalog: &Catalog,
     tables: &mut Vec<PolicyTable>,
     columns: &mut HashMap<ColumnRef, usize>,
+    audit: &mut Vec<(usize, AuditRules)>,
 ) {
+    let append_only = append_only_oids(catalog, tables);
     for view in catalog.views() {
+        let over_append_only = view.bases.iter().any(|b| append_only.contains(b));
         let mut cols = Vec::new();
         for (i, name) in view.columns.iter().enumerate() {
             let attnum = i16::try_from(i + 1).unwrap_or(i16::MAX);
@@ -140,15 +165,24 @@ fn add_views(
                 cols.push((name.clone(), catalog.columns[idx].mode));
             }
         }
-        if cols.is_empty() {
+        if cols.is_empty() && !over_append_only {
             continue;
+        }
+        if over_append_only {
+            audit.push((
+                tables.len(),
+                AuditRules {
+                    view: true,
+                    ..AuditRules::default()
+                },
+            ));
         }
         tables.push(PolicyTable {
             schema: view.schema.clone(),
             table: view.name.clone(),
             tenant_column: None,
             columns: cols,
-            append_only: false,
+            append_only: over_append_only,
             all_columns: Some(view.columns.clone()),
         });
     }

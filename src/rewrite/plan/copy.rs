@@ -122,6 +122,9 @@ impl Cx<'_> {
             (true, CopyTarget::Stdout) => CopyDirection::ToStdout,
             _ => return Err(self.refuse_table(t, FILE)),
         };
+        if direction == CopyDirection::FromStdin {
+            self.guard_copy_from(t, columns)?;
+        }
         let opts = parse_options(options, legacy).map_err(|why| self.refuse_table(t, why))?;
         let table = self.policy.table(t);
         let mut names: Vec<String> = if columns.is_empty() {

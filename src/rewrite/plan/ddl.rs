@@ -4,7 +4,7 @@
 
 use sqlparser::ast::{
     AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption, CreateTable,
-    Expr, SetExpr, Statement, UtilityOption, Value,
+    Expr, ObjectType, SetExpr, Statement, UtilityOption, Value,
 };
 
 use super::policy::{fold, fold_name};
@@ -28,7 +28,31 @@ impl Cx<'_> {
                 legacy_options,
                 ..
             } => self.copy(source, *to, target, options, legacy_options),
-            Statement::AlterTable(a) => self.alter_table(a),
+            Statement::AlterTable(a) => {
+                self.guard_change(&a.name, "ALTER TABLE")?;
+                self.alter_table(a)
+            }
+            Statement::Truncate(t) => {
+                for target in &t.table_names {
+                    self.guard_change(&target.name, "TRUNCATE")?;
+                }
+                Ok(())
+            }
+            Statement::Drop {
+                object_type: ObjectType::Table,
+                names,
+                ..
+            } => {
+                for name in names {
+                    self.guard_change(name, "DROP TABLE")?;
+                }
+                Ok(())
+            }
+            Statement::CreateTrigger(c) => self.guard_change(&c.table_name, "CREATE TRIGGER"),
+            Statement::DropTrigger(d) => match &d.table_name {
+                Some(name) => self.guard_change(name, "DROP TRIGGER"),
+                None => Ok(()),
+            },
             Statement::CreateTable(c) => self.create_table(c),
             Statement::Explain {
                 analyze,
@@ -71,8 +95,9 @@ impl Cx<'_> {
         };
         let why = if why.is_empty() {
             format!(
-                "{} statements on a protected table are not supported by byokpg",
-                statement_kind(self.text)
+                "{} {}",
+                statement_kind(self.text),
+                super::refusal::UNSUPPORTED_KIND
             )
         } else {
             why.to_owned()
@@ -202,7 +227,8 @@ impl Cx<'_> {
 }
 
 /// Statements that neither read nor write protected values: relayed as is.
-/// (DROP / TRUNCATE of protected tables included: they destroy, not leak.)
+/// (DROP / TRUNCATE of protected tables included: they destroy, not leak;
+/// on append-only tables they are refused earlier, in `statement`.)
 fn is_passthrough(s: &Statement) -> bool {
     matches!(
         s,

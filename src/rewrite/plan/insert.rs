@@ -29,6 +29,9 @@ impl Cx<'_> {
             return Ok(Outputs::default());
         };
         let table = self.protected_table(name)?;
+        if let Some(t) = table {
+            self.guard_insert(ins, t)?;
+        }
         if has_foreign_syntax(ins) {
             if let Some(t) = table {
                 return Err(self.refuse_table(t, reason::UNSUPPORTED_SYNTAX));

@@ -51,12 +51,38 @@ impl PolicyTable {
     }
 }
 
+/// What the planner must enforce on an append-only relation beyond
+/// refusing changes (docs/AUDIT.md).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditRules {
+    /// `chain_seq`, `prev_hash`, `row_hash` (folded) when `hash_chain` is on:
+    /// the database trigger fills them, a client may not.
+    pub chain: Option<[String; 3]>,
+    /// The chain trigger is attached in the database. Without it an INSERT
+    /// would store an unchained row, so INSERT and COPY FROM are refused.
+    pub chain_ready: bool,
+    /// A view over an append-only table: every write through it is refused.
+    pub view: bool,
+}
+
+impl AuditRules {
+    /// The chain column `name` is one of, if any.
+    pub fn chain_column(&self, name: &str) -> Option<&str> {
+        self.chain
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| *c == name))
+            .map(String::as_str)
+    }
+}
+
 /// The protected tables, indexed for name resolution.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyView {
     tables: Vec<PolicyTable>,
     by_name: HashMap<String, Vec<usize>>,
     classifier: Classifier,
+    /// Append-only rules by table index (only for `append_only` tables).
+    audit: HashMap<usize, AuditRules>,
 }
 
 impl PolicyView {
@@ -71,7 +97,58 @@ impl PolicyView {
             tables,
             by_name,
             classifier,
+            audit: HashMap::new(),
         }
+    }
+
+    /// Attach the append-only rules of tables (by index).
+    #[must_use]
+    pub fn with_audit(mut self, rules: impl IntoIterator<Item = (usize, AuditRules)>) -> Self {
+        self.audit.extend(rules);
+        self
+    }
+
+    /// The append-only rules of table `t` (default rules when it is
+    /// append-only without any recorded; `None` when it is not append-only).
+    pub fn audit(&self, t: usize) -> Option<std::borrow::Cow<'_, AuditRules>> {
+        if !self.tables[t].append_only {
+            return None;
+        }
+        Some(match self.audit.get(&t) {
+            Some(r) => std::borrow::Cow::Borrowed(r),
+            None => std::borrow::Cow::Owned(AuditRules::default()),
+        })
+    }
+
+    /// The append-only table a written name (folded parts) may denote.
+    /// Deliberately wider than [`PolicyView::resolve_table`]: an unqualified
+    /// name matches an append-only table of that name in any schema, since
+    /// the session's `search_path` (which byokpg does not track) decides
+    /// which one PostgreSQL picks.
+    pub fn append_only_named(&self, parts: &[String]) -> Option<usize> {
+        let (schema, name) = match parts {
+            [name] => (None, name),
+            [schema, name] | [_, schema, name] => (Some(schema), name),
+            _ => return None,
+        };
+        self.by_name.get(name)?.iter().copied().find(|&i| {
+            self.tables[i].append_only && schema.is_none_or(|s| *s == self.tables[i].schema)
+        })
+    }
+
+    /// Display names of the append-only relations `text` may name, joined.
+    pub fn append_only_mentions(&self, text: &str) -> Option<String> {
+        let hits: Vec<String> = self
+            .classifier
+            .hits(text.as_bytes())
+            .into_iter()
+            .filter(|h| {
+                self.tables
+                    .iter()
+                    .any(|t| t.append_only && t.display_name() == *h)
+            })
+            .collect();
+        (!hits.is_empty()).then(|| hits.join(", "))
     }
 
     pub fn tables(&self) -> &[PolicyTable] {

@@ -11,8 +11,11 @@ pub enum Refusal {
         column: Option<String>,
         reason: String,
     },
-    /// Tenant isolation → `42501`.
+    /// Tenant isolation, and changes to append-only tables → `42501`.
     Forbidden { table: String, reason: String },
+    /// The database is not ready for the statement (a hash-chained table
+    /// without its chain trigger) → `55000`.
+    NotReady { table: String, reason: String },
 }
 
 impl Refusal {
@@ -20,6 +23,7 @@ impl Refusal {
         match self {
             Self::NotSupported { .. } => "0A000",
             Self::Forbidden { .. } => "42501",
+            Self::NotReady { .. } => "55000",
         }
     }
 
@@ -37,9 +41,42 @@ impl Refusal {
                 column: None,
                 reason,
             } => format!("byokpg: protected table {table}: {reason}"),
-            Self::Forbidden { table, reason } => {
+            Self::Forbidden { table, reason } | Self::NotReady { table, reason } => {
                 format!("byokpg: protected table {table}: {reason}")
             }
+        }
+    }
+
+    /// True for refusals that mean "byokpg did not understand this
+    /// statement well enough" (unparseable, unsupported syntax or statement
+    /// kind), as opposed to "this is impossible on ciphertext".
+    pub fn unproven(&self) -> bool {
+        match self {
+            Self::NotSupported {
+                column: None,
+                reason: r,
+                ..
+            } => {
+                r == CANNOT_PARSE
+                    || r == reason::UNSUPPORTED_SYNTAX
+                    || r == reason::UNICODE_IDENT
+                    || r.ends_with(UNSUPPORTED_KIND)
+            }
+            Self::NotSupported { reason: r, .. } => r == reason::UNSUPPORTED_SYNTAX,
+            Self::Forbidden { .. } | Self::NotReady { .. } => false,
+        }
+    }
+
+    /// The `42501` an unproven statement naming the append-only `tables`
+    /// gets instead (fail closed: what byokpg cannot read, it cannot prove
+    /// harmless to an append-only table).
+    pub(super) fn append_only_unproven(tables: String) -> Self {
+        Self::Forbidden {
+            table: tables,
+            reason: "append-only table: byokpg cannot prove this statement leaves the table's \
+                     rows unchanged, so it refuses it (only SELECT, INSERT and COPY FROM \
+                     are allowed)"
+                .to_owned(),
         }
     }
 
@@ -53,11 +90,7 @@ impl Refusal {
     }
 
     pub(super) fn cannot_parse(tables: String) -> Self {
-        Self::table(
-            tables,
-            "byokpg cannot parse this statement on a protected table, so it refuses it rather \
-             than risk relaying unencrypted values (rewrite it in plainer SQL)",
-        )
+        Self::table(tables, CANNOT_PARSE)
     }
 }
 
@@ -68,6 +101,13 @@ impl fmt::Display for Refusal {
 }
 
 impl std::error::Error for Refusal {}
+
+const CANNOT_PARSE: &str = "byokpg cannot parse this statement on a protected table, so it \
+    refuses it rather than risk relaying unencrypted values (rewrite it in plainer SQL)";
+
+/// How the reason for an unsupported statement kind ends.
+pub(super) const UNSUPPORTED_KIND: &str =
+    "statements on a protected table are not supported by byokpg";
 
 /// Reasons, worded for the DBA reading the error.
 pub(super) mod reason {
@@ -120,6 +160,8 @@ pub(super) mod reason {
         byokpg";
     pub const RENAME_TABLE: &str = "renaming a protected table detaches it from the byokpg \
         policy; rename it in the database and in the policy together, outside byokpg";
+    pub const UNICODE_IDENT: &str =
+        "unicode-escaped identifiers (U&\"...\") are not supported on protected tables";
     pub const UNSUPPORTED_SYNTAX: &str =
         "this syntax is not supported by byokpg on a protected table";
     pub const TENANT_VALUE: &str = "the tenant column must be written as a literal or a \

@@ -812,7 +812,9 @@ fn refused_forms_name_table_column_and_reason() {
                 "{sql}\n  message lacks {w:?}: {msg}"
             );
         }
-        let (Refusal::NotSupported { table, .. } | Refusal::Forbidden { table, .. }) = &r;
+        let (Refusal::NotSupported { table, .. }
+        | Refusal::Forbidden { table, .. }
+        | Refusal::NotReady { table, .. }) = &r;
         assert!(!table.is_empty(), "{sql}: {msg}");
     }
 }

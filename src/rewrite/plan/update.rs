@@ -20,6 +20,7 @@ impl Cx<'_> {
             || u.output.is_some()
             || !u.optimizer_hints.is_empty()
             || !u.table.joins.is_empty();
+        self.guard_dml(&u.table, "UPDATE")?;
         self.in_frame(|cx| {
             let target = cx.dml_target(&u.table)?;
             if foreign {
@@ -63,6 +64,12 @@ impl Cx<'_> {
             || d.limit.is_some()
             || !d.optimizer_hints.is_empty();
         let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+        if let Some(first) = from.first() {
+            self.guard_dml(first, "DELETE")?;
+        }
+        for name in &d.tables {
+            self.guard_change(name, "DELETE")?;
+        }
         self.in_frame(|cx| {
             let mut from = from.iter();
             if let Some(first) = from.next() {
