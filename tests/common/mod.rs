@@ -145,6 +145,18 @@ async fn setup_databases(dbs: Vec<String>) {
              (id serial primary key, tenant_id text, email text)"
         );
         client.batch_execute(&sql).await.unwrap();
+        // The default tenants always use the harness's `dev` KMS (one fixed
+        // key file): a DEK row left by a test that once put a default tenant
+        // on another KMS would make every later test of that tenant fail
+        // with "kms ... is not configured". Tests on other KMSes use fresh
+        // tenant names.
+        let defaults: Vec<String> = TENANTS.iter().map(|(t, _)| (*t).to_string()).collect();
+        let _ = client
+            .execute(
+                "delete from byokpg.tenant_keys where tenant = any($1) and kms <> 'dev'",
+                &[&defaults],
+            )
+            .await;
     }
     admin
         .execute("select pg_advisory_unlock($1)", &[&SETUP_LOCK_KEY])
