@@ -74,6 +74,29 @@ pub const MIGRATIONS: &[Migration] = &[
             'byokpg: every KMS operation made for a tenant (see docs/KMS.md); no key material';
     ",
     },
+    Migration {
+        version: 5,
+        description: "key rotation: 'previous' DEK versions and byokpg.reencrypt_jobs",
+        sql: "
+        ALTER TABLE byokpg.tenant_keys DROP CONSTRAINT IF EXISTS tenant_keys_status_check;
+        ALTER TABLE byokpg.tenant_keys ADD CONSTRAINT tenant_keys_status_check
+            CHECK (status IN ('active', 'previous', 'retired'));
+        CREATE TABLE IF NOT EXISTS byokpg.reencrypt_jobs (
+            tenant      text        PRIMARY KEY,
+            state       text        NOT NULL CHECK (state IN ('running', 'stopped', 'done', 'failed')),
+            target      int         NOT NULL,
+            checkpoint  jsonb       NOT NULL DEFAULT '{}',
+            done        bigint      NOT NULL DEFAULT 0,
+            total       bigint      NOT NULL DEFAULT 0,
+            instance    text        NOT NULL,
+            message     text,
+            started_at  timestamptz NOT NULL DEFAULT now(),
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE byokpg.reencrypt_jobs IS
+            'byokpg: progress and checkpoint of `byokpg keys reencrypt`, one row per tenant (see docs/KEYS.md)';
+    ",
+    },
 ];
 
 /// The newest schema version this build knows.
