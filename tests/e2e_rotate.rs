@@ -144,7 +144,7 @@ impl Fx {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Vec<i32> {
         let mut v: Vec<i32> = c
-            .query(&sql.replace("T", &self.table), params)
+            .query(&sql.replace('T', &self.table), params)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e:?}\n{}", self.proxy.log()))
             .iter()
@@ -169,7 +169,7 @@ impl Fx {
             .collect()
     }
 
-    async fn rotate(&self, args: &[&str]) {
+    fn rotate(&self, args: &[&str]) {
         let mut all = vec!["keys", "rotate", "--tenant", &self.tenant];
         all.extend_from_slice(args);
         self.cli_ok(&all);
@@ -222,7 +222,7 @@ async fn rotation_is_picked_up_and_lookups_match_every_live_version() {
     let st = fx.status_json();
     assert_eq!(st["active_version"], 1);
 
-    fx.rotate(&[]).await;
+    fx.rotate(&[]);
     // The proxy that is already running writes under version 2 within the
     // re-check interval (3 s), long before the 10 min TTL.
     let took = fx.wait_for_version(&c, 2).await;
@@ -372,27 +372,9 @@ fn spawn_load(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reencrypt_under_load_survives_a_kill_resumes_and_retires() {
-    let fx = Fx::new().await;
-    let c = fx.client().await;
-    for i in 1..=300 {
-        fx.insert(
-            &c,
-            &format!("user{i}@x"),
-            &format!("ssn{i}"),
-            format!("t{i}").as_bytes(),
-        )
-        .await;
-    }
-    fx.rotate(&[]).await;
-    fx.wait_for_version(&c, 2).await;
-    let before = fx.snapshot().await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicU64::new(0));
-    let load = spawn_load(&fx, Arc::clone(&stop), Arc::clone(&failures));
-
+/// Starts a slow run, checks that a second run refuses while it runs,
+/// SIGKILLs it mid-way and checks the job shows as stopped.
+async fn kill_mid_way(fx: &Fx) {
     // A slow run, killed mid-way.
     let mut slow = fx
         .cli_cmd(&[
@@ -433,6 +415,30 @@ async fn reencrypt_under_load_survives_a_kill_resumes_and_retires() {
     assert_eq!(st["job"]["state"], "stopped", "{st}");
     let done_at_kill = st["job"]["done"].as_i64().expect("done");
     assert!(done_at_kill > 0 && done_at_kill < 300, "{st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_under_load_survives_a_kill_resumes_and_retires() {
+    let fx = Fx::new().await;
+    let c = fx.client().await;
+    for i in 1..=300 {
+        fx.insert(
+            &c,
+            &format!("user{i}@x"),
+            &format!("ssn{i}"),
+            format!("t{i}").as_bytes(),
+        )
+        .await;
+    }
+    fx.rotate(&[]);
+    fx.wait_for_version(&c, 2).await;
+    let before = fx.snapshot().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let load = spawn_load(&fx, Arc::clone(&stop), Arc::clone(&failures));
+
+    kill_mid_way(&fx).await;
 
     // Resume: completes from the checkpoint.
     let out = fx.cli_ok(&[
@@ -493,7 +499,7 @@ async fn rotation_to_another_kms_and_rewrap_only() {
     let fx = Fx::new().await;
     let c = fx.client().await;
     let v1 = fx.insert(&c, "x@x", "under-a", b"x").await;
-    fx.rotate(&["--kms", "b", "--kek", "kek-b"]).await;
+    fx.rotate(&["--kms", "b", "--kek", "kek-b"]);
     fx.wait_for_version(&c, 2).await;
     let v2 = fx.insert(&c, "y@x", "under-b", b"y").await;
     let st = fx.status_json();
