@@ -46,6 +46,38 @@ enum KeysAction {
         #[arg(long)]
         tenant: String,
     },
+    /// Create a new DEK version (optionally under another KEK or KMS); new
+    /// writes use it within seconds on every byokpg, old data stays readable.
+    Rotate {
+        #[arg(long)]
+        tenant: String,
+        /// KEK reference for the new version (default: the tenant's `key`).
+        #[arg(long)]
+        kek: Option<String>,
+        /// `[kms.NAME]` for the new version (default: the tenant's `kms`).
+        #[arg(long)]
+        kms: Option<String>,
+        /// Make no new version: wrap every stored DEK again under the
+        /// target KEK (the customer moved keys); rows are not touched.
+        #[arg(long)]
+        rewrap_only: bool,
+    },
+    /// Re-encrypt the tenant's rows from older DEK versions to the active
+    /// one; resumable; retires versions no row uses at the end.
+    Reencrypt {
+        #[arg(long)]
+        tenant: String,
+        /// At most this many rows per second (0 = unlimited).
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Rows read and updated per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+        /// When another run holds the tenant's job, wait for it instead of
+        /// exiting.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -257,6 +289,32 @@ fn keys(path: &std::path::Path, action: &KeysAction) -> ExitCode {
             };
             rt.block_on(commands::status(&cfg, tenant.as_deref(), f))
         }
+        KeysAction::Rotate {
+            tenant,
+            kek,
+            kms,
+            rewrap_only,
+        } => rt.block_on(commands::rotate(
+            &cfg,
+            tenant,
+            kms.as_deref(),
+            kek.as_deref(),
+            *rewrap_only,
+        )),
+        KeysAction::Reencrypt {
+            tenant,
+            rate,
+            batch,
+            wait,
+        } => rt.block_on(commands::reencrypt(
+            &cfg,
+            tenant,
+            crate::keys::reencrypt::Options {
+                rate: *rate,
+                batch: *batch,
+                wait: *wait,
+            },
+        )),
     }
 }
 

@@ -79,6 +79,29 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "audit_attestations: KMS-signed heads of hash-chained audit tables",
         sql: crate::audit::sql::MIGRATION_3,
     },
+    Migration {
+        version: 5,
+        description: "key rotation: 'previous' DEK versions and byokpg.reencrypt_jobs",
+        sql: "
+        ALTER TABLE byokpg.tenant_keys DROP CONSTRAINT IF EXISTS tenant_keys_status_check;
+        ALTER TABLE byokpg.tenant_keys ADD CONSTRAINT tenant_keys_status_check
+            CHECK (status IN ('active', 'previous', 'retired'));
+        CREATE TABLE IF NOT EXISTS byokpg.reencrypt_jobs (
+            tenant      text        PRIMARY KEY,
+            state       text        NOT NULL CHECK (state IN ('running', 'stopped', 'done', 'failed')),
+            target      int         NOT NULL,
+            checkpoint  jsonb       NOT NULL DEFAULT '{}',
+            done        bigint      NOT NULL DEFAULT 0,
+            total       bigint      NOT NULL DEFAULT 0,
+            instance    text        NOT NULL,
+            message     text,
+            started_at  timestamptz NOT NULL DEFAULT now(),
+            updated_at  timestamptz NOT NULL DEFAULT now()
+        );
+        COMMENT ON TABLE byokpg.reencrypt_jobs IS
+            'byokpg: progress and checkpoint of `byokpg keys reencrypt`, one row per tenant (see docs/KEYS.md)';
+    ",
+    },
 ];
 
 /// The newest schema version this build knows.
@@ -215,15 +238,18 @@ async fn migrate_in_transaction(client: &Client) -> Result<Applied, tokio_postgr
             )
             .await?;
     }
-    let from: i32 = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM byokpg.schema_migrations",
-            &[],
-        )
+    // Every migration not recorded yet, in list order — not only those
+    // above the highest applied version: migrations written on parallel
+    // branches can land in a database in either order.
+    let applied: Vec<i32> = client
+        .query("SELECT version FROM byokpg.schema_migrations", &[])
         .await?
-        .get(0);
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let from = applied.iter().copied().max().unwrap_or(0);
     let mut to = from;
-    for m in MIGRATIONS.iter().filter(|m| m.version > from) {
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         client.batch_execute(m.sql).await?;
         client
             .execute(
@@ -232,7 +258,7 @@ async fn migrate_in_transaction(client: &Client) -> Result<Applied, tokio_postgr
             )
             .await?;
         tracing::info!(target: "byokpg::setup", version = m.version, "{}", m.description);
-        to = m.version;
+        to = to.max(m.version);
     }
     Ok(Applied { from, to })
 }

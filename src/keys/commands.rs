@@ -79,6 +79,92 @@ pub async fn status(cfg: &Config, tenant: Option<&str>, format: Format) -> ExitC
     }
 }
 
+/// `keys rotate --tenant T [--kms NAME] [--kek REF] [--rewrap-only]`.
+pub async fn rotate(
+    cfg: &Config,
+    tenant: &str,
+    kms: Option<&str>,
+    kek: Option<&str>,
+    rewrap_only: bool,
+) -> ExitCode {
+    if let Some(code) = unknown_tenant(cfg, tenant) {
+        return code;
+    }
+    let mgr = KeyManager::new(cfg).await;
+    let target = match mgr.rotation_target(tenant, kms, kek) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}; {}", e.hint());
+            return ExitCode::from(1);
+        }
+    };
+    if rewrap_only {
+        return match mgr.rewrap_all(tenant, &target).await {
+            Ok(v) => {
+                let list: Vec<String> = v.iter().map(u32::to_string).collect();
+                println!(
+                    "tenant {tenant}: re-wrapped DEK versions [{}] under kms {} key {}",
+                    list.join(", "),
+                    target.kms.name(),
+                    target.key_ref
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}; {}", e.hint());
+                ExitCode::from(1)
+            }
+        };
+    }
+    match mgr.rotate(tenant, &target).await {
+        Ok(row) => {
+            println!(
+                "tenant {tenant}: DEK version {} is active (kms {}, key {}); byokpg instances write under it within {}s; run `byokpg keys reencrypt --tenant {tenant}` to move older rows to it",
+                row.version,
+                row.kms,
+                row.key_ref,
+                super::manager::ACTIVE_RECHECK.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}; {}", e.hint());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `keys reencrypt --tenant T [--rate] [--batch] [--wait]`: exit 0 when
+/// done, 1 when it failed or was interrupted (run again to resume).
+pub async fn reencrypt(cfg: &Config, tenant: &str, options: super::reencrypt::Options) -> ExitCode {
+    if let Some(code) = unknown_tenant(cfg, tenant) {
+        return code;
+    }
+    let mgr = KeyManager::new(cfg).await;
+    let mut progress = super::reencrypt::Progress::auto();
+    match super::reencrypt::run(cfg, &mgr, tenant, options, &mut progress).await {
+        Ok(s) => {
+            println!(
+                "tenant {tenant}: re-encryption to DEK version {} done: {} rows examined, {} updated, {} retried after a concurrent change, {} values left as they were",
+                s.target, s.examined, s.updated, s.retried, s.failed
+            );
+            for (t, why) in &s.skipped_tables {
+                println!("  table {t} skipped: {why}");
+            }
+            let retired: Vec<String> = s.retired.iter().map(u32::to_string).collect();
+            println!("  retired versions: [{}]", retired.join(", "));
+            for (v, why) in &s.kept {
+                println!("  version {v} kept: {why}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `--since`: an RFC 3339 time (`2026-11-24T10:00:00Z`, or a date) or an
 /// age (`15m`, `24h`, `7d`).
 pub fn parse_since(s: &str) -> Result<SystemTime, String> {

@@ -117,14 +117,40 @@ impl Registry {
     }
 }
 
-/// The active version of a tenant, cached as long as its DEK.
-#[derive(Debug, Clone, Copy)]
+/// How often the active version of a tenant is read again from its key
+/// table, so that every byokpg instance writes under a new version within
+/// seconds of `keys rotate`. A re-check is one indexed query on the region
+/// database and no KMS call unless the version changed.
+pub const ACTIVE_RECHECK: Duration = Duration::from_secs(3);
+
+/// A tenant's DEK versions as writes and lookups use them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveVersions {
+    /// New writes use it.
+    pub active: u32,
+    /// Every version lookups must match (active and previous), newest
+    /// first; always contains `active`.
+    pub live: Arc<[u32]>,
+    /// When they were read from the key table.
+    pub checked_at: Instant,
+}
+
+impl LiveVersions {
+    /// Still fresh enough to write under `active`.
+    pub fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.checked_at) < ACTIVE_RECHECK
+    }
+}
+
+/// The active version of a tenant, cached as long as its DEK and re-read
+/// every [`ACTIVE_RECHECK`].
+#[derive(Debug, Clone)]
 struct ActiveVersion {
-    version: u32,
+    versions: LiveVersions,
     expires_at: Instant,
 }
 
-type ActiveResult = Result<(u32, Arc<Dek>), KeyError>;
+type ActiveResult = Result<(LiveVersions, Arc<Dek>), KeyError>;
 
 /// Hands out tenants' DEKs, creating a tenant's first DEK on first use.
 pub struct KeyManager {
@@ -205,17 +231,31 @@ impl KeyManager {
     /// none; of several byokpg instances doing that at once, one row wins
     /// and every instance uses it.
     pub async fn active_dek(&self, tenant: &str) -> Result<(u32, Arc<Dek>), KeyError> {
+        self.active(tenant).await.map(|(v, dek)| (v.active, dek))
+    }
+
+    /// The tenant's live versions and its active DEK. The versions are at
+    /// most [`ACTIVE_RECHECK`] old (or the tenant's TTL, when shorter).
+    pub async fn active(&self, tenant: &str) -> ActiveResult {
         let reg = self.registry.load_full();
         let t = reg.tenant(tenant)?;
-        let now = Instant::now();
-        if let Some(a) = self.active.get(tenant).filter(|a| a.expires_at > now) {
-            let dek = self.dek_in(&reg, tenant, t, a.version, None).await?;
-            return Ok((a.version, dek));
+        if let Some(v) = self.live_versions(tenant) {
+            let dek = self.dek_in(&reg, tenant, t, v.active, None).await?;
+            return Ok((v, dek));
         }
         let key = tenant.to_owned();
         self.active_flights
             .run(&key, |flight| self.resolve_active(&reg, tenant, t, flight))
             .await
+    }
+
+    /// The tenant's live versions if known and fresh; no I/O.
+    pub fn live_versions(&self, tenant: &str) -> Option<LiveVersions> {
+        let now = Instant::now();
+        self.active
+            .get(tenant)
+            .filter(|a| a.expires_at > now && a.versions.fresh(now))
+            .map(|a| a.versions)
     }
 
     /// DEK `version` of the tenant (to decrypt a value that names it).
@@ -268,6 +308,31 @@ impl KeyManager {
         &self.cache
     }
 
+    /// The tenant's region, KMS name, KEK reference and TTL as configured.
+    pub fn tenant_config(&self, tenant: &str) -> Result<(String, String, String), KeyError> {
+        let reg = self.registry.load();
+        let t = reg.tenant(tenant)?;
+        Ok((t.region.clone(), t.kms.clone(), t.key_ref.clone()))
+    }
+
+    /// Writes one KMS operation made for `tenant` to its KMS log and waits
+    /// for the insert (CLI commands: rotation, rewrap).
+    pub async fn log_kms_now<T>(
+        &self,
+        tenant: &str,
+        kms: &Kms,
+        op: KmsOp,
+        key_ref: &str,
+        result: &Result<T, KmsError>,
+    ) {
+        let entry = KmsLogEntry::of(tenant, kms.name(), op, key_ref, result);
+        if let Ok(store) = self.store(tenant)
+            && let Err(e) = store.append_kms_log(&entry).await
+        {
+            tracing::warn!(target: "byokpg::keys", tenant, error = %e, "KMS log entry not written");
+        }
+    }
+
     /// The tenant's KMS and KEK reference (`keys verify`, rotation).
     pub fn tenant_kms(&self, tenant: &str) -> Result<(Arc<Kms>, String), KeyError> {
         let reg = self.registry.load();
@@ -305,30 +370,42 @@ impl KeyManager {
         flight: Arc<Flight<ActiveResult>>,
     ) -> ActiveResult {
         let store = reg.store(&t.region, tenant)?;
-        let row = store
-            .active_key(tenant)
+        let checked_at = Instant::now();
+        let mut rows = store
+            .live_keys(tenant)
             .await
             .map_err(|e| e.for_tenant(tenant))?;
-        let (version, dek) = match row {
-            Some(row) => {
-                let version = row.version;
-                (
-                    version,
-                    self.dek_in(reg, tenant, t, version, Some(row)).await?,
-                )
-            }
-            None => self.create_first(reg, tenant, t, &store, &flight).await?,
+        let live: Arc<[u32]> = rows.iter().map(|r| r.version).collect();
+        let active = rows
+            .iter()
+            .position(|r| r.status == super::KeyStatus::Active)
+            .map(|i| rows.swap_remove(i));
+        let (version, dek) = if let Some(row) = active {
+            let version = row.version;
+            (
+                version,
+                self.dek_in(reg, tenant, t, version, Some(row)).await?,
+            )
+        } else {
+            self.create_first(reg, tenant, t, &store, &flight).await?
+        };
+        let mut ordered: Vec<u32> = live.iter().copied().filter(|v| *v != version).collect();
+        ordered.insert(0, version);
+        let versions = LiveVersions {
+            active: version,
+            live: ordered.into(),
+            checked_at,
         };
         if !t.ttl.is_zero() {
             let entry = ActiveVersion {
-                version,
-                expires_at: Instant::now() + t.ttl,
+                versions: versions.clone(),
+                expires_at: checked_at + t.ttl,
             };
             self.active_flights.commit(&flight, || {
                 self.active.insert(tenant.to_owned(), entry);
             });
         }
-        Ok((version, dek))
+        Ok((versions, dek))
     }
 
     async fn create_first(
@@ -338,7 +415,7 @@ impl KeyManager {
         t: &TenantKeys,
         store: &RegionStore,
         flight: &Flight<ActiveResult>,
-    ) -> ActiveResult {
+    ) -> Result<(u32, Arc<Dek>), KeyError> {
         let kms = reg.kms(&t.kms, tenant)?;
         let fresh = kms.generate_data_key(&t.key_ref).await;
         log_kms(reg, tenant, t, &kms, KmsOp::Generate, &t.key_ref, &fresh);

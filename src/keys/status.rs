@@ -42,6 +42,8 @@ pub struct TenantStatus {
     pub last_unwrap: Option<KmsLogRow>,
     /// The last KMS operation that failed.
     pub last_error: Option<KmsLogRow>,
+    /// The `keys reencrypt` job, if the tenant ever had one.
+    pub job: Option<super::reencrypt::JobStatus>,
     /// Why part of the status could not be read.
     pub problems: Vec<String>,
 }
@@ -56,7 +58,10 @@ impl TenantStatus {
             "versions": self.versions.iter().map(|v| json!({
                 "version": v.version, "status": v.status, "rows": v.rows,
             })).collect::<Vec<_>>(),
-            "job": serde_json::Value::Null,
+            "job": self.job.as_ref().map(|j| json!({
+                "state": j.state, "done": j.done, "total": j.total,
+                "target_version": j.target, "instance": j.instance, "message": j.message,
+            })),
             "last_error": self.last_error.as_ref().map(|e| json!({
                 "time": humantime::format_rfc3339_micros(e.time).to_string(),
                 "operation": e.operation, "error_code": e.error_code,
@@ -103,6 +108,22 @@ impl TenantStatus {
             )),
             None => drop(writeln!(s, "  last KMS error: none")),
         }
+        match &self.job {
+            Some(j) => drop(writeln!(
+                s,
+                "  reencrypt job: {} to version {}, {}/{} rows examined (instance {}){}",
+                j.state,
+                j.target,
+                j.done,
+                j.total,
+                j.instance,
+                j.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            )),
+            None => drop(writeln!(s, "  reencrypt job: none")),
+        }
         for p in &self.problems {
             let _ = writeln!(s, "  problem: {p}");
         }
@@ -122,6 +143,7 @@ pub async fn tenant_status(cfg: &Config, mgr: &KeyManager, tenant: &str) -> Tena
         versions: Vec::new(),
         last_unwrap: None,
         last_error: None,
+        job: None,
         problems: Vec::new(),
     };
     let store = match mgr.store(tenant) {
@@ -157,6 +179,10 @@ pub async fn tenant_status(cfg: &Config, mgr: &KeyManager, tenant: &str) -> Tena
                 .as_ref()
                 .map(|c| c.get(&k.version).copied().unwrap_or(0)),
         });
+    }
+    match super::reencrypt::job_status(&store, tenant).await {
+        Ok(j) => st.job = j,
+        Err(e) => st.problems.push(e.to_string()),
     }
     match store.kms_log(tenant, None).await {
         Ok(log) => {

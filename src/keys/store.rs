@@ -18,7 +18,11 @@ use crate::config::Dsn;
 pub enum KeyStatus {
     /// Used for new writes; at most one per tenant (a unique partial index).
     Active,
-    /// Only read; kept while data still uses it.
+    /// Replaced by a rotation; only read. Data may still use it, so lookups
+    /// match it too.
+    Previous,
+    /// No row uses it any more (checked by `keys reencrypt`); still
+    /// readable, kept wrapped for break-glass, left out of lookups.
     Retired,
 }
 
@@ -26,6 +30,7 @@ impl KeyStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyStatus::Active => "active",
+            KeyStatus::Previous => "previous",
             KeyStatus::Retired => "retired",
         }
     }
@@ -33,6 +38,7 @@ impl KeyStatus {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(KeyStatus::Active),
+            "previous" => Some(KeyStatus::Previous),
             "retired" => Some(KeyStatus::Retired),
             _ => None,
         }
@@ -158,6 +164,68 @@ impl RegionStore {
             format!("SELECT {COLUMNS} FROM byokpg.tenant_keys WHERE tenant = $1 ORDER BY version");
         let rows = self.query(&sql, &[&tenant]).await?;
         rows.iter().map(|r| self.decode(r)).collect()
+    }
+
+    /// The versions lookups must match: active and previous, newest first.
+    pub async fn live_keys(&self, tenant: &str) -> Result<Vec<StoredKey>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM byokpg.tenant_keys WHERE tenant = $1 \
+             AND status IN ('active', 'previous') ORDER BY version DESC"
+        );
+        let rows = self.query(&sql, &[&tenant]).await?;
+        rows.iter().map(|r| self.decode(r)).collect()
+    }
+
+    /// Stores a new active DEK version (the next number) and turns the
+    /// active one into `previous`, in one statement: the partial unique
+    /// index keeps at most one active row whatever runs concurrently, and
+    /// of two rotations at once the second fails on the primary key or the
+    /// index instead of creating two active versions.
+    pub async fn rotate(
+        &self,
+        tenant: &str,
+        kms: &str,
+        key_ref: &str,
+        wrapped: &[u8],
+    ) -> Result<StoredKey, StoreError> {
+        // Reading `old` in the INSERT forces the UPDATE to run first, so the
+        // unique index sees the old row as no longer active.
+        let sql = format!(
+            "WITH old AS (UPDATE byokpg.tenant_keys SET status = 'previous', \
+                 retired_at = now(), updated_at = now() \
+                 WHERE tenant = $1 AND status = 'active' RETURNING version) \
+             INSERT INTO byokpg.tenant_keys (tenant, version, kms, key_ref, wrapped, status) \
+             SELECT $1, coalesce((SELECT max(version) FROM byokpg.tenant_keys WHERE tenant = $1), 0) + 1, \
+                 $2, $3, $4, 'active' FROM (SELECT count(*) FROM old) o RETURNING {COLUMNS}"
+        );
+        let row = self
+            .query_opt(&sql, &[&tenant, &kms, &key_ref, &wrapped])
+            .await?
+            .ok_or_else(|| self.table_error("the new key version was not stored".to_owned()))?;
+        self.decode(&row)
+    }
+
+    /// Replaces the wrapping of one version (`--rewrap-only`), only if it
+    /// is still `old_wrapped`. Returns whether the row was updated.
+    pub async fn rewrap(
+        &self,
+        tenant: &str,
+        version: u32,
+        old_wrapped: &[u8],
+        kms: &str,
+        key_ref: &str,
+        wrapped: &[u8],
+    ) -> Result<bool, StoreError> {
+        let v = i32::try_from(version).map_err(|_| self.table_error("bad version".to_owned()))?;
+        let rows = self
+            .query(
+                "UPDATE byokpg.tenant_keys SET kms = $3, key_ref = $4, wrapped = $5, \
+                 updated_at = now() WHERE tenant = $1 AND version = $2 AND wrapped = $6 \
+                 RETURNING version",
+                &[&tenant, &v, &kms, &key_ref, &wrapped, &old_wrapped],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     /// Stores the tenant's first DEK (version 1, active), or — when another

@@ -39,6 +39,15 @@ pub struct ParamPlan {
     /// Parameters that must equal the connection's tenant (0-based), with
     /// the table for the message.
     pub tenant: Vec<(usize, String)>,
+    /// Compared parameters (0-based; protected column): bound as their
+    /// ciphertexts under every live DEK version (docs/KEYS.md).
+    pub compare: Vec<(usize, usize)>,
+    /// The statement compares a value that was encrypted under the active
+    /// version only: refused at Bind while several versions are live.
+    pub rigid: bool,
+    /// Compared literals were encrypted at Parse under these versions: a
+    /// Bind after a rotation that added a version must not run it.
+    pub literal_versions: Option<Vec<u32>>,
 }
 
 /// Plan a statement that may touch the protected tables in `hits`.
@@ -118,6 +127,33 @@ pub trait RowHook: Send {
     ) -> Result<Vec<u8>, CryptoFailure>;
 
     fn tenant(&self) -> &str;
+
+    /// Ciphertext literals of `value` for a lookup on `column`, one per
+    /// live DEK version, newest first.
+    fn encrypt_compare_literal(
+        &mut self,
+        column: usize,
+        value: &str,
+    ) -> Result<Vec<String>, CryptoFailure> {
+        Ok(vec![self.encrypt_literal(column, value)?])
+    }
+
+    /// A compared parameter's value as the list of its ciphertexts under
+    /// every live version (text columns: comma-separated; bytea: a count
+    /// byte, then the envelopes), in the value's wire format.
+    fn encrypt_compare_param(
+        &mut self,
+        column: usize,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        self.encrypt_param(column, value, binary)
+    }
+
+    /// The tenant's live DEK versions, newest (active) first.
+    fn live_versions(&mut self) -> Result<Vec<u32>, CryptoFailure> {
+        Ok(vec![1])
+    }
 
     /// Plaintext (text form) of a stored value, for COPY TO STDOUT.
     fn decrypt_field(&mut self, column: usize, stored: &[u8]) -> Result<Vec<u8>, CryptoFailure>;

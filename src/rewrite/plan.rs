@@ -46,7 +46,7 @@ use sqlparser::ast::{Statement, Value, Visit, Visitor};
 pub use copy::{CopyDirection, CopyFormat, CopyPlan, CopyTenant};
 pub use policy::{AuditRules, ColumnMode, PolicyTable, PolicyView};
 pub use refusal::Refusal;
-pub use splice::splice_all;
+pub use splice::{splice_all, splice_with};
 
 use scope::Cx;
 use source::Source;
@@ -97,6 +97,31 @@ impl fmt::Debug for LiteralSlot {
     }
 }
 
+/// A compared value of a [`Comparison`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompareValue {
+    /// A literal slot (its range, as in [`LiteralSlot::range`]).
+    Literal(Range<usize>),
+    /// Parameter `$n` (1-based) and the byte range of its token.
+    Param { n: usize, range: Range<usize> },
+}
+
+/// A deterministic column compared with encrypted values (`=`, `<>`,
+/// `IN`, `NOT IN`, `IS [NOT] DISTINCT FROM`), every value a bare literal or
+/// `$n`. During a key rotation the session rewrites the column into a
+/// predicate over every live DEK version's ciphertext of the values and
+/// each value into `true` (docs/KEYS.md, "Lookups during a rotation").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Comparison {
+    pub column: ColumnRef,
+    /// Byte range of the column name (possibly qualified).
+    pub column_range: Range<usize>,
+    /// `IS [NOT] DISTINCT FROM`: a NULL value must match a NULL column.
+    pub null_safe: bool,
+    /// The encrypted values (literal slots or parameters).
+    pub values: Vec<CompareValue>,
+}
+
 /// A value that must equal the connection's tenant (else `42501`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantCheck {
@@ -143,6 +168,16 @@ pub struct StatementPlan {
     /// True if the statement touches a protected table at all; false means
     /// "relay untouched".
     pub touches: bool,
+    /// Comparisons whose values can match several DEK versions.
+    pub comparisons: Vec<Comparison>,
+    /// Parameters (1-based) bound as the list of their ciphertexts under
+    /// every live version (their comparison is in `comparisons`).
+    pub compare_params: Vec<usize>,
+    /// A compared value that is not a bare literal or `$n` (a cast, a
+    /// parenthesized value): it is encrypted under the active version only,
+    /// so the statement is refused while the tenant has several live
+    /// versions rather than miss rows.
+    pub rigid_compare: bool,
 }
 
 impl StatementPlan {
@@ -266,6 +301,7 @@ fn plan_one(
     let mut cx = Cx::new(policy, src, text, range);
     cx.statement(&statement)?;
     cx.check_params(&statement)?;
+    cx.demote_shared_params();
     Ok(cx.finish())
 }
 
@@ -293,6 +329,42 @@ impl Cx<'_> {
             }
         }
         Ok(())
+    }
+}
+
+impl Cx<'_> {
+    /// A parameter both stored and compared (`SET email = $1 WHERE email =
+    /// $1`) is bound as one ciphertext, so its comparisons match the active
+    /// version only: the statement becomes single-version (refused while a
+    /// rotation is under way) instead of expanded.
+    fn demote_shared_params(&mut self) {
+        let shared: Vec<usize> = self
+            .compare_params
+            .intersection(&self.single_params)
+            .copied()
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        self.plan.rigid_compare = true;
+        let (dropped, kept): (Vec<Comparison>, Vec<Comparison>) =
+            std::mem::take(&mut self.plan.comparisons)
+                .into_iter()
+                .partition(|c| {
+                    c.values
+                        .iter()
+                        .any(|v| matches!(v, CompareValue::Param { n, .. } if shared.contains(n)))
+                });
+        self.plan.comparisons = kept;
+        // Every parameter of a comparison that is no longer expanded is
+        // bound as one ciphertext too.
+        for c in &dropped {
+            for v in &c.values {
+                if let CompareValue::Param { n, .. } = v {
+                    self.compare_params.remove(n);
+                }
+            }
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
 
 use crate::catalog::{Catalog, ProtectedColumn};
 use crate::config::ColumnMode;
 use crate::crypto::{self, ColumnId, Dek, FieldCipher, Mode};
-use crate::keys::KeyManager;
+use crate::keys::{KeyManager, LiveVersions};
 use crate::protocol::{PgError, messages};
 use crate::rewrite::{CryptoFailure, Need, RowHook};
 use crate::session::registry::RowMarks;
@@ -25,7 +26,9 @@ pub struct SessionCrypto {
     keys: Arc<KeyManager>,
     catalog: Arc<Catalog>,
     ciphers: HashMap<(usize, u32), Cached>,
-    active_version: Option<u32>,
+    /// The active and live DEK versions, re-read every
+    /// `ACTIVE_RECHECK` so a rotation reaches open sessions too.
+    versions: Option<LiveVersions>,
     /// The column whose value asked for the key being fetched: an unknown
     /// DEK version then means "not this tenant's value", XX001 naming it.
     needed_for: Option<usize>,
@@ -38,7 +41,7 @@ impl SessionCrypto {
             keys,
             catalog,
             ciphers: HashMap::new(),
-            active_version: None,
+            versions: None,
             needed_for: None,
         }
     }
@@ -55,8 +58,8 @@ impl SessionCrypto {
     /// Fetch what a `Need` asked for (KMS call or cache), then the caller retries.
     pub async fn fetch(&mut self, need: Need) -> Result<(), PgError> {
         let r = match need {
-            Need::ActiveKey => self.keys.active_dek(&self.tenant).await.map(|(v, _)| {
-                self.active_version = Some(v);
+            Need::ActiveKey => self.keys.active(&self.tenant).await.map(|(v, _)| {
+                self.versions = Some(v);
             }),
             Need::Key(v) => self.keys.dek(&self.tenant, v).await.map(|_| ()),
         };
@@ -109,16 +112,93 @@ impl SessionCrypto {
             .ok_or_else(|| CryptoFailure::Refuse(PgError::internal("unknown protected column")))
     }
 
+    /// The tenant's versions, fresh (at most `ACTIVE_RECHECK` old): from
+    /// this session, else from the key manager, else `Need::ActiveKey`.
+    fn versions(&mut self) -> Result<&LiveVersions, CryptoFailure> {
+        let now = Instant::now();
+        if !self.versions.as_ref().is_some_and(|v| v.fresh(now)) {
+            self.versions = Some(
+                self.keys
+                    .live_versions(&self.tenant)
+                    .ok_or(CryptoFailure::Need(Need::ActiveKey))?,
+            );
+        }
+        self.versions
+            .as_ref()
+            .ok_or(CryptoFailure::Need(Need::ActiveKey))
+    }
+
     fn active_cipher(&mut self, column: usize) -> Result<&FieldCipher, CryptoFailure> {
-        let v = self
-            .active_version
-            .ok_or(CryptoFailure::Need(Need::ActiveKey))?;
+        let v = self.versions()?.active;
         if self.keys.cache().get(&self.tenant, v).is_none() {
             // The active DEK expired: ask again (the version may have changed).
-            self.active_version = None;
+            self.versions = None;
             return Err(CryptoFailure::Need(Need::ActiveKey));
         }
         self.cipher(column, v)
+    }
+
+    /// A literal of `value` for `column` under DEK `version`.
+    fn literal_under(
+        &mut self,
+        column: usize,
+        value: &str,
+        version: Option<u32>,
+    ) -> Result<String, CryptoFailure> {
+        let plain_bytea = if self.column(column)?.is_bytea {
+            Some(self.bytea_input(column, value.as_bytes())?)
+        } else {
+            None
+        };
+        let cipher = match version {
+            Some(v) => self.cipher(column, v)?,
+            None => self.active_cipher(column)?,
+        };
+        count(cipher.mode(), true);
+        Ok(match plain_bytea {
+            Some(plain) => format!(
+                "'{}'::bytea",
+                String::from_utf8_lossy(&encode_bytea_text(&cipher.encrypt(&plain)))
+            ),
+            None => format!("'{}'", cipher.encrypt_text(value.as_bytes())),
+        })
+    }
+
+    /// Ciphertext of a bound value under DEK `version` (`None` = active),
+    /// in the value's own wire format.
+    fn param_under(
+        &mut self,
+        column: usize,
+        value: &[u8],
+        binary: bool,
+        version: Option<u32>,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        let is_bytea = self.column(column)?.is_bytea;
+        let plain_bytea = if is_bytea && !binary {
+            Some(self.bytea_input(column, value)?)
+        } else {
+            None
+        };
+        let cipher = match version {
+            Some(v) => self.cipher(column, v)?,
+            None => self.active_cipher(column)?,
+        };
+        count(cipher.mode(), true);
+        Ok(match (is_bytea, plain_bytea) {
+            (true, Some(plain)) => encode_bytea_text(&cipher.encrypt(&plain)),
+            (true, None) => cipher.encrypt(value),
+            (false, _) => cipher.encrypt_text(value).into_bytes(),
+        })
+    }
+
+    /// Live versions, newest first (a copy: the ciphers borrow `self`).
+    fn live(&mut self) -> Result<Arc<[u32]>, CryptoFailure> {
+        let v = self.versions()?.active;
+        if self.keys.cache().get(&self.tenant, v).is_none() {
+            self.versions = None;
+            return Err(CryptoFailure::Need(Need::ActiveKey));
+        }
+        Ok(Arc::clone(&self.versions()?.live))
     }
 
     /// Decrypt one stored value of `column` (wire format: text or binary).
@@ -209,20 +289,7 @@ impl RowHook for SessionCrypto {
     }
 
     fn encrypt_literal(&mut self, column: usize, value: &str) -> Result<String, CryptoFailure> {
-        let plain_bytea = if self.column(column)?.is_bytea {
-            Some(self.bytea_input(column, value.as_bytes())?)
-        } else {
-            None
-        };
-        let cipher = self.active_cipher(column)?;
-        count(cipher.mode(), true);
-        Ok(match plain_bytea {
-            Some(plain) => format!(
-                "'{}'::bytea",
-                String::from_utf8_lossy(&encode_bytea_text(&cipher.encrypt(&plain)))
-            ),
-            None => format!("'{}'", cipher.encrypt_text(value.as_bytes())),
-        })
+        self.literal_under(column, value, None)
     }
 
     fn encrypt_param(
@@ -231,19 +298,55 @@ impl RowHook for SessionCrypto {
         value: &[u8],
         binary: bool,
     ) -> Result<Vec<u8>, CryptoFailure> {
+        self.param_under(column, value, binary, None)
+    }
+
+    fn encrypt_compare_literal(
+        &mut self,
+        column: usize,
+        value: &str,
+    ) -> Result<Vec<String>, CryptoFailure> {
+        let live = self.live()?;
+        live.iter()
+            .map(|v| self.literal_under(column, value, Some(*v)))
+            .collect()
+    }
+
+    fn encrypt_compare_param(
+        &mut self,
+        column: usize,
+        value: &[u8],
+        binary: bool,
+    ) -> Result<Vec<u8>, CryptoFailure> {
+        let live = self.live()?;
         let is_bytea = self.column(column)?.is_bytea;
-        let plain_bytea = if is_bytea && !binary {
-            Some(self.bytea_input(column, value)?)
+        if !is_bytea {
+            // Text ciphertext has no comma: `string_to_array($n, ',')`.
+            let mut out = Vec::new();
+            for (i, v) in live.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(self.param_under(column, value, true, Some(*v))?);
+            }
+            return Ok(out);
+        }
+        // bytea: a count byte, then the envelopes, all of one length (same
+        // plaintext, same mode); the SQL side cuts them apart.
+        let plain = if binary {
+            value.to_vec()
         } else {
-            None
+            self.bytea_input(column, value)?
         };
-        let cipher = self.active_cipher(column)?;
-        count(cipher.mode(), true);
-        Ok(match (is_bytea, plain_bytea) {
-            (true, Some(plain)) => encode_bytea_text(&cipher.encrypt(&plain)),
-            (true, None) => cipher.encrypt(value),
-            (false, _) => cipher.encrypt_text(value).into_bytes(),
-        })
+        let mut out = vec![u8::try_from(live.len()).unwrap_or(u8::MAX)];
+        for v in live.iter().take(usize::from(u8::MAX)) {
+            out.extend(self.param_under(column, &plain, true, Some(*v))?);
+        }
+        Ok(if binary { out } else { encode_bytea_text(&out) })
+    }
+
+    fn live_versions(&mut self) -> Result<Vec<u32>, CryptoFailure> {
+        self.live().map(|l| l.to_vec())
     }
 
     fn tenant(&self) -> &str {

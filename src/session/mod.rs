@@ -4,6 +4,7 @@
 mod auth;
 pub mod copy;
 pub mod crypto;
+mod lookup;
 mod pump;
 pub mod registry;
 pub mod relay;

@@ -928,13 +928,45 @@ fn bind_params(
             )));
         }
     }
+    check_versions(plan, hook)?;
     let mut out: Vec<Option<Vec<u8>>> = bind.params.iter().map(|p| p.map(<[u8]>::to_vec)).collect();
     for (i, column) in &plan.encrypt {
         if let Some(Some(v)) = bind.params.get(*i) {
             out[*i] = Some(hook.encrypt_param(*column, v, binary(*i))?);
         }
     }
+    for (i, column) in &plan.compare {
+        if let Some(Some(v)) = bind.params.get(*i) {
+            out[*i] = Some(hook.encrypt_compare_param(*column, v, binary(*i))?);
+        }
+    }
     Ok(out)
+}
+
+/// A statement whose compared values were fixed under some DEK versions
+/// must not run once the tenant has another live one (it would miss rows).
+fn check_versions(plan: &ParamPlan, hook: &mut (dyn RowHook + '_)) -> Result<(), CryptoFailure> {
+    if !plan.rigid && plan.literal_versions.is_none() {
+        return Ok(());
+    }
+    let live = hook.live_versions()?;
+    if plan.rigid && live.len() > 1 {
+        return Err(CryptoFailure::Refuse(super::write::rigid_refusal(
+            hook.tenant(),
+        )));
+    }
+    if let Some(baked) = &plan.literal_versions
+        && live.iter().any(|v| !baked.contains(v))
+    {
+        return Err(CryptoFailure::Refuse(PgError::refused(
+            "0A000",
+            format!(
+                "byokpg: the data key of tenant {} was rotated after this statement was prepared, and the values it compares were encrypted at prepare time; prepare it again (or bind the compared values as $n parameters)",
+                hook.tenant()
+            ),
+        )));
+    }
+    Ok(())
 }
 
 fn copy_data(out: &mut BytesMut, data: &[u8]) {

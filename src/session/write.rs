@@ -21,6 +21,9 @@ pub struct WriteCtx {
     pub classifier: crate::rewrite::Classifier,
     /// Planner column → protected column index in the region catalog.
     columns: HashMap<ColumnRef, usize>,
+    /// Per catalog column: whether it is `bytea` (how a compared
+    /// parameter's ciphertext list is cut apart in SQL).
+    is_bytea: Vec<bool>,
     /// Changes whenever the catalog or policy changes (plan cache key).
     pub generation: u64,
 }
@@ -74,8 +77,19 @@ impl WriteCtx {
             policy: PolicyView::new(tables).with_audit(audit),
             classifier,
             columns,
+            is_bytea: catalog.columns.iter().map(|c| c.is_bytea).collect(),
             generation,
         }
+    }
+
+    /// The catalog index of a planner column (lookups).
+    pub fn catalog_column(&self, c: ColumnRef) -> Result<usize, PgError> {
+        self.column(c)
+    }
+
+    /// Whether catalog column `column` is `bytea`.
+    pub fn is_bytea(&self, column: usize) -> bool {
+        self.is_bytea.get(column).copied().unwrap_or(false)
     }
 
     fn column(&self, c: ColumnRef) -> Result<usize, PgError> {
@@ -315,10 +329,14 @@ fn prepare(
             )));
         }
         for (n, col) in &p.params {
-            params
-                .encrypt
-                .push((n.saturating_sub(1), w.column(*col).map_err(refuse)?));
+            let entry = (n.saturating_sub(1), w.column(*col).map_err(refuse)?);
+            if p.compare_params.contains(n) {
+                params.compare.push(entry);
+            } else {
+                params.encrypt.push(entry);
+            }
         }
+        params.rigid |= p.rigid_compare;
         for check in &p.tenant_checks {
             if let TenantCheck::Param { table, param } = check {
                 params.tenant.push((
@@ -328,13 +346,35 @@ fn prepare(
             }
         }
     }
+    let compares = plans
+        .iter()
+        .any(|p| !p.comparisons.is_empty() || p.rigid_compare);
+    let live = if compares {
+        hook.live_versions()?
+    } else {
+        Vec::new()
+    };
+    if live.len() > 1 && plans.iter().any(|p| p.rigid_compare) {
+        return Err(refuse(rigid_refusal(&tenant)));
+    }
     // Encrypt every literal first (a Need aborts before anything changes).
+    let lookups = super::lookup::Lookups::build(w, hook, plans, sql, live.len() > 1)?;
     let mut encrypted: HashMap<usize, String> = HashMap::new();
     for slot in plans.iter().flat_map(|p| &p.literals) {
+        if lookups.covers(slot.range.start) {
+            continue;
+        }
         let col = w.column(slot.column).map_err(refuse)?;
         encrypted.insert(slot.range.start, hook.encrypt_literal(col, &slot.value)?);
     }
-    let sql = plan::splice_all(
+    if extended
+        && plans
+            .iter()
+            .any(|p| p.literals.iter().any(|l| l.role == plan::SlotRole::Compare))
+    {
+        params.literal_versions = Some(live.clone());
+    }
+    let sql = plan::splice_with(
         plans,
         sql,
         // Every slot was encrypted above; were one missing, an invalid token
@@ -345,6 +385,7 @@ fn prepare(
                 .cloned()
                 .unwrap_or_else(|| "byokpg_missing_ciphertext".to_owned())
         },
+        lookups.edits,
         &tenant,
     );
     if let Some(copy) = plans.iter().find_map(|p| p.copy.as_ref()) {
@@ -358,7 +399,22 @@ fn prepare(
         });
         return Ok(Rewritten::Copy { sql, copy });
     }
-    let params =
-        (!params.encrypt.is_empty() || !params.tenant.is_empty()).then(|| Arc::new(params));
+    let params = (!params.encrypt.is_empty()
+        || !params.tenant.is_empty()
+        || !params.compare.is_empty()
+        || params.rigid
+        || params.literal_versions.is_some())
+    .then(|| Arc::new(params));
     Ok(Rewritten::Sql { sql, params })
+}
+
+/// A compared value byokpg could encrypt only under the active version, while
+/// the tenant has several live versions (a rotation is under way).
+pub fn rigid_refusal(tenant: &str) -> PgError {
+    PgError::refused(
+        "0A000",
+        format!(
+            "byokpg: tenant {tenant} has several live data key versions (a key rotation is under way) and this statement compares an encrypted column with a cast or parenthesized value, which byokpg can match under one version only; write the value as a plain literal or $n"
+        ),
+    )
 }

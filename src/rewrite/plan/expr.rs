@@ -21,7 +21,7 @@ use super::literal::ValueForm;
 use super::policy::ColumnMode;
 use super::refusal::reason;
 use super::scope::Cx;
-use super::{ColumnRef, LiteralSlot, Refusal, SlotRole};
+use super::{ColumnRef, CompareValue, Comparison, LiteralSlot, Refusal, SlotRole};
 
 impl Cx<'_> {
     /// Walk an expression evaluated as a value or condition.
@@ -39,7 +39,9 @@ impl Cx<'_> {
                 Some(_) => Ok(()),
                 None => self.expr(x),
             },
-            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => self.comparison(a, b),
+            Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+                self.comparison(a, b, true)
+            }
             Expr::InList { expr, list, .. } => self.in_list(expr, list),
             Expr::InSubquery { expr, subquery, .. } => self.in_subquery(expr, subquery),
             Expr::Between {
@@ -181,7 +183,7 @@ impl Cx<'_> {
     fn binary(&mut self, left: &Expr, op: &BinaryOperator, right: &Expr) -> Result<(), Refusal> {
         use BinaryOperator as B;
         let why = match op {
-            B::Eq | B::NotEq => return self.comparison(left, right),
+            B::Eq | B::NotEq => return self.comparison(left, right, false),
             B::Lt | B::Gt | B::LtEq | B::GtEq | B::Spaceship => reason::RANGE,
             B::PGRegexMatch
             | B::PGRegexIMatch
@@ -201,7 +203,7 @@ impl Cx<'_> {
     }
 
     /// `a = b`, `a <> b`, `a IS [NOT] DISTINCT FROM b`.
-    fn comparison(&mut self, left: &Expr, right: &Expr) -> Result<(), Refusal> {
+    fn comparison(&mut self, left: &Expr, right: &Expr, null_safe: bool) -> Result<(), Refusal> {
         match (self.column_of(left)?, self.column_of(right)?) {
             (None, None) => {
                 self.expr(left)?;
@@ -220,19 +222,102 @@ impl Cx<'_> {
                 }
                 self.require_deterministic(a)
             }
-            (Some(c), None) => self.compared_with(c, right),
-            (None, Some(c)) => self.compared_with(c, left),
+            (Some(c), None) => self.compared_with(c, left, right, null_safe),
+            (None, Some(c)) => self.compared_with(c, right, left, null_safe),
         }
     }
 
     /// `c = other` (or `<>`, `IS [NOT] DISTINCT FROM`). Comparing with NULL
     /// needs no key, so it is fine on any column.
-    fn compared_with(&mut self, c: ColumnRef, other: &Expr) -> Result<(), Refusal> {
+    fn compared_with(
+        &mut self,
+        c: ColumnRef,
+        col_expr: &Expr,
+        other: &Expr,
+        null_safe: bool,
+    ) -> Result<(), Refusal> {
         if let Ok(Some(ValueForm::Null)) = self.value_form(other) {
             return Ok(());
         }
         self.require_deterministic(c)?;
-        self.compared_value(c, other)
+        let value = self.compared_value(c, other)?;
+        self.record_comparison(c, col_expr, &[value], null_safe);
+        Ok(())
+    }
+
+    /// Remember a comparison of `c` with encrypted values, so that during a
+    /// rotation the session can match every live DEK version. Only bare
+    /// literals and `$n` can be expanded; anything else makes the statement
+    /// single-version ([`StatementPlan::rigid_compare`]).
+    fn record_comparison(
+        &mut self,
+        c: ColumnRef,
+        col_expr: &Expr,
+        values: &[Compared],
+        null_safe: bool,
+    ) {
+        if values.iter().all(|v| matches!(v, Compared::Nothing)) {
+            return;
+        }
+        let bare: Option<Vec<CompareValue>> = values
+            .iter()
+            .filter_map(|v| match v {
+                Compared::Bare(b) => Some(Some(b.clone())),
+                Compared::Rigid => Some(None),
+                Compared::Nothing => None,
+            })
+            .collect();
+        if let (Some(column_range), Some(values)) = (self.ident_range(col_expr), bare) {
+            for v in &values {
+                if let CompareValue::Param { n, .. } = v {
+                    self.compare_params.insert(*n);
+                }
+            }
+            self.plan.comparisons.push(Comparison {
+                column: c,
+                column_range,
+                null_safe,
+                values,
+            });
+        } else {
+            self.plan.rigid_compare = true;
+            for v in values {
+                if let Compared::Bare(CompareValue::Param { n, .. }) = v {
+                    self.single_params.insert(*n);
+                }
+            }
+        }
+    }
+
+    /// Byte range of a (possibly qualified, possibly parenthesized) column
+    /// name.
+    fn ident_range(&self, e: &Expr) -> Option<std::ops::Range<usize>> {
+        let ids = match strip_nested(e) {
+            Expr::Identifier(id) => std::slice::from_ref(id),
+            Expr::CompoundIdentifier(ids) => ids.as_slice(),
+            _ => return None,
+        };
+        let first = self.src.token_at(ids.first()?.span.start)?;
+        let last = self.src.token_at(ids.last()?.span.start)?;
+        Some(self.src.bytes[first].start..self.src.bytes[last].end)
+    }
+
+    /// What a compared value is for a multi-version lookup.
+    fn bare_value(&self, other: &Expr, form: &ValueForm) -> Compared {
+        match (other, form) {
+            (Expr::Value(_) | Expr::UnaryOp { .. }, ValueForm::Literal { range, .. }) => {
+                Compared::Bare(CompareValue::Literal(range.clone()))
+            }
+            (Expr::Value(v), ValueForm::Param(n)) => match self.src.token_at(v.span.start) {
+                Some(i) => Compared::Bare(CompareValue::Param {
+                    n: *n,
+                    range: self.src.bytes[i].clone(),
+                }),
+                None => Compared::Rigid,
+            },
+            (_, ValueForm::Null | ValueForm::Default) => Compared::Nothing,
+            _ => Compared::Rigid,
+        }
     }
 
     fn require_deterministic(&self, c: ColumnRef) -> Result<(), Refusal> {
@@ -243,15 +328,17 @@ impl Cx<'_> {
     }
 
     /// The other side of a comparison with deterministic column `c`.
-    fn compared_value(&mut self, c: ColumnRef, other: &Expr) -> Result<(), Refusal> {
+    fn compared_value(&mut self, c: ColumnRef, other: &Expr) -> Result<Compared, Refusal> {
         if let Some(form) = self
             .value_form(other)
             .map_err(|why| self.refuse_col(c, why))?
         {
-            return self.encrypt(c, form, SlotRole::Compare);
+            let bare = self.bare_value(other, &form);
+            self.encrypt(c, form, SlotRole::Compare)?;
+            return Ok(bare);
         }
         if let Expr::Subquery(q) = strip_nested(other) {
-            return self.same_column_subquery(c, q);
+            return self.same_column_subquery(c, q).map(|()| Compared::Nothing);
         }
         if matches!(
             strip_nested(other),
@@ -279,7 +366,12 @@ impl Cx<'_> {
                 });
                 Ok(())
             }
-            ValueForm::Param(n) => self.encrypt_param(n, c),
+            ValueForm::Param(n) => {
+                if role == SlotRole::Store {
+                    self.single_params.insert(n);
+                }
+                self.encrypt_param(n, c)
+            }
             ValueForm::Null => Ok(()),
             ValueForm::Default => match role {
                 SlotRole::Store => Ok(()),
@@ -294,9 +386,11 @@ impl Cx<'_> {
             return self.operands(list, reason::IN_LIST_MEMBER);
         };
         self.require_deterministic(c)?;
+        let mut values = Vec::with_capacity(list.len());
         for item in list {
-            self.compared_value(c, item)?;
+            values.push(self.compared_value(c, item)?);
         }
+        self.record_comparison(c, expr, &values, false);
         Ok(())
     }
 
@@ -409,6 +503,16 @@ impl Cx<'_> {
             ControlFlow::Continue(()) => Ok(()),
         }
     }
+}
+
+/// A compared value, as a multi-version lookup sees it.
+enum Compared {
+    /// A bare literal or `$n`: expandable.
+    Bare(CompareValue),
+    /// Encrypted, but behind a cast or parentheses: one version only.
+    Rigid,
+    /// NULL or a subquery: nothing encrypted.
+    Nothing,
 }
 
 fn strip_nested(e: &Expr) -> &Expr {

@@ -311,6 +311,11 @@ pub struct Cx<'a> {
     pub ctes: Vec<Vec<Cte>>,
     /// Encrypted parameter → (column, number of encrypted uses).
     pub param_uses: BTreeMap<usize, (ColumnRef, usize)>,
+    /// Parameters compared in an expandable comparison.
+    pub compare_params: std::collections::BTreeSet<usize>,
+    /// Parameters stored, or compared in a non-expandable way: bound as one
+    /// ciphertext.
+    pub single_params: std::collections::BTreeSet<usize>,
 }
 
 impl<'a> Cx<'a> {
@@ -331,12 +336,15 @@ impl<'a> Cx<'a> {
             frames: Vec::new(),
             ctes: Vec::new(),
             param_uses: BTreeMap::new(),
+            compare_params: std::collections::BTreeSet::new(),
+            single_params: std::collections::BTreeSet::new(),
         }
     }
 
     pub fn finish(mut self) -> StatementPlan {
         self.plan.literals.sort_by_key(|s| s.range.start);
         self.plan.params = self.param_uses.iter().map(|(&n, &(c, _))| (n, c)).collect();
+        self.plan.compare_params = self.compare_params.iter().copied().collect();
         self.plan
     }
 

@@ -10,6 +10,7 @@ use super::{LiteralSlot, StatementPlan};
 enum Edit<'p> {
     Literal(&'p LiteralSlot),
     Insert(usize, String),
+    Replace(Range<usize>, String),
 }
 
 impl Edit<'_> {
@@ -17,6 +18,7 @@ impl Edit<'_> {
         match self {
             Self::Literal(s) => s.range.clone(),
             Self::Insert(at, _) => *at..*at,
+            Self::Replace(r, _) => r.clone(),
         }
     }
 }
@@ -39,12 +41,29 @@ impl StatementPlan {
 pub fn splice_all(
     plans: &[StatementPlan],
     sql: &str,
+    replacement: impl FnMut(&LiteralSlot) -> String,
+    tenant: &str,
+) -> String {
+    splice_with(plans, sql, replacement, Vec::new(), tenant)
+}
+
+/// [`splice_all`] plus `extra` edits (range → text); a literal slot inside
+/// an extra edit's range is left to it.
+pub fn splice_with(
+    plans: &[StatementPlan],
+    sql: &str,
     mut replacement: impl FnMut(&LiteralSlot) -> String,
+    extra: Vec<(Range<usize>, String)>,
     tenant: &str,
 ) -> String {
     let mut edits: Vec<Edit<'_>> = Vec::new();
     for plan in plans {
-        edits.extend(plan.literals.iter().map(Edit::Literal));
+        edits.extend(
+            plan.literals
+                .iter()
+                .filter(|l| !extra.iter().any(|(r, _)| *r == l.range))
+                .map(Edit::Literal),
+        );
         if let Some(fill) = &plan.tenant_fill {
             edits.push(Edit::Insert(fill.column_at, format!(", {}", fill.column)));
             let value = quote_literal(tenant);
@@ -55,6 +74,7 @@ pub fn splice_all(
             );
         }
     }
+    edits.extend(extra.into_iter().map(|(r, t)| Edit::Replace(r, t)));
     // Stable sort: at one offset, a literal ending there comes first.
     edits.sort_by_key(|e| (e.range().start, e.range().end));
     let mut out = String::with_capacity(sql.len() + edits.len() * 64);
@@ -64,7 +84,7 @@ pub fn splice_all(
         out.push_str(&sql[cursor..r.start]);
         match edit {
             Edit::Literal(slot) => out.push_str(&replacement(slot)),
-            Edit::Insert(_, text) => out.push_str(text),
+            Edit::Insert(_, text) | Edit::Replace(_, text) => out.push_str(text),
         }
         cursor = r.end;
     }
