@@ -284,6 +284,24 @@ async fn rotation_is_picked_up_and_lookups_match_every_live_version() {
         )
         .await;
     assert_eq!(got, a, "IS NOT DISTINCT FROM");
+    // Casts to text around the value (pgbench's `:x::text`, drivers' `$1::text`)
+    // are expanded with the value, not refused.
+    let got = fx
+        .ids(
+            &c,
+            "select id from T where email = 'a@x'::text or email = $1::varchar",
+            &[&"c@x"],
+        )
+        .await;
+    assert_eq!(got, vec![old_a, new_a, new_c], "casts to text");
+    let got = fx
+        .ids(
+            &c,
+            "select id from T where email in ('b@x'::character varying, $1::pg_catalog.text)",
+            &[&"a@x"],
+        )
+        .await;
+    assert_eq!(got, vec![old_a, old_b, new_a], "casts in IN");
     let none: Option<&str> = None;
     let got = fx
         .ids(&c, "select id from T where email = $1", &[&none])

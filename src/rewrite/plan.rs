@@ -100,9 +100,15 @@ impl fmt::Debug for LiteralSlot {
 /// A compared value of a [`Comparison`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CompareValue {
-    /// A literal slot (its range, as in [`LiteralSlot::range`]).
-    Literal(Range<usize>),
-    /// Parameter `$n` (1-based) and the byte range of its token.
+    /// A literal slot: `slot` as in [`LiteralSlot::range`]; `range` is
+    /// what the rewrite replaces (the literal, with a `::text`-style cast
+    /// around it when there is one).
+    Literal {
+        slot: Range<usize>,
+        range: Range<usize>,
+    },
+    /// Parameter `$n` (1-based) and the byte range the rewrite replaces (its
+    /// token, with a `::text`-style cast when there is one).
     Param { n: usize, range: Range<usize> },
 }
 

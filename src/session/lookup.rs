@@ -85,13 +85,13 @@ impl Lookups {
         let mut arrays = Vec::with_capacity(cmp.values.len());
         for v in &cmp.values {
             match v {
-                CompareValue::Literal(range) => {
-                    let Some(slot) = plan.literals.iter().find(|l| l.range == *range) else {
+                CompareValue::Literal { slot, range } => {
+                    let Some(slot) = plan.literals.iter().find(|l| l.range == *slot) else {
                         continue;
                     };
                     let items = hook.encrypt_compare_literal(col, &slot.value)?;
                     arrays.push(format!("ARRAY[{}]", items.join(", ")));
-                    self.covered.insert(range.start);
+                    self.covered.insert(slot.range.start);
                     self.edits.push((range.clone(), "true".to_owned()));
                 }
                 CompareValue::Param { n, range } => {

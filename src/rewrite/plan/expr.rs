@@ -12,10 +12,12 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
+    BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
     FunctionArguments, ObjectName, OrderByExpr, Query, Visit, Visitor, WindowFrameBound,
     WindowSpec, WindowType,
 };
+
+use sqlparser::tokenizer::Token;
 
 use super::literal::ValueForm;
 use super::policy::ColumnMode;
@@ -304,9 +306,26 @@ impl Cx<'_> {
 
     /// What a compared value is for a multi-version lookup.
     fn bare_value(&self, other: &Expr, form: &ValueForm) -> Compared {
+        // `'x'::text` / `$1::varchar`: the cast (to the unbounded string type
+        // value_form accepted) is replaced together with the value.
+        if let Expr::Cast {
+            kind: CastKind::DoubleColon,
+            expr,
+            ..
+        } = other
+            && matches!(expr.as_ref(), Expr::Value(_) | Expr::UnaryOp { .. })
+        {
+            return match self.bare_value(expr, form) {
+                Compared::Bare(v) => self.extend_over_cast(v),
+                other => other,
+            };
+        }
         match (other, form) {
             (Expr::Value(_) | Expr::UnaryOp { .. }, ValueForm::Literal { range, .. }) => {
-                Compared::Bare(CompareValue::Literal(range.clone()))
+                Compared::Bare(CompareValue::Literal {
+                    slot: range.clone(),
+                    range: range.clone(),
+                })
             }
             (Expr::Value(v), ValueForm::Param(n)) => match self.src.token_at(v.span.start) {
                 Some(i) => Compared::Bare(CompareValue::Param {
@@ -318,6 +337,50 @@ impl Cx<'_> {
             (_, ValueForm::Null | ValueForm::Default) => Compared::Nothing,
             _ => Compared::Rigid,
         }
+    }
+
+    /// Extends a value's replaced range over a following `::type` (one
+    /// word, `character varying`, or `pg_catalog.word`); [`Compared::Rigid`]
+    /// when the tokens are not exactly that.
+    fn extend_over_cast(&self, v: CompareValue) -> Compared {
+        let range = match &v {
+            CompareValue::Literal { range, .. } | CompareValue::Param { range, .. } => {
+                range.clone()
+            }
+        };
+        let Some(last) = (0..self.src.bytes.len()).find(|&i| self.src.bytes[i].end == range.end)
+        else {
+            return Compared::Rigid;
+        };
+        let word = |i: usize| match &self.src.tokens[i].token {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_lowercase()),
+            _ => None,
+        };
+        let next = |i: usize| self.src.next_significant(i);
+        let Some(colons) = next(last).filter(|&i| self.src.tokens[i].token == Token::DoubleColon)
+        else {
+            return Compared::Rigid;
+        };
+        let Some(first) = next(colons) else {
+            return Compared::Rigid;
+        };
+        let end = match word(first).as_deref() {
+            Some("character") => next(first).filter(|&i| word(i).as_deref() == Some("varying")),
+            Some("pg_catalog") => next(first)
+                .filter(|&i| self.src.tokens[i].token == Token::Period)
+                .and_then(next)
+                .filter(|&i| word(i).is_some()),
+            Some(_) => Some(first),
+            None => None,
+        };
+        let Some(end) = end else {
+            return Compared::Rigid;
+        };
+        let range = range.start..self.src.bytes[end].end;
+        Compared::Bare(match v {
+            CompareValue::Literal { slot, .. } => CompareValue::Literal { slot, range },
+            CompareValue::Param { n, .. } => CompareValue::Param { n, range },
+        })
     }
 
     fn require_deterministic(&self, c: ColumnRef) -> Result<(), Refusal> {

@@ -61,7 +61,12 @@ pub fn splice_with(
         edits.extend(
             plan.literals
                 .iter()
-                .filter(|l| !extra.iter().any(|(r, _)| *r == l.range))
+                // A lookup edit replaces the literal (and a cast around it).
+                .filter(|l| {
+                    !extra
+                        .iter()
+                        .any(|(r, _)| r.start <= l.range.start && l.range.end <= r.end)
+                })
                 .map(Edit::Literal),
         );
         if let Some(fill) = &plan.tenant_fill {
