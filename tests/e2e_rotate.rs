@@ -207,6 +207,28 @@ fn versions(st: &serde_json::Value) -> Vec<(u64, String, i64)> {
         .collect()
 }
 
+/// Casts to text around the value (pgbench's `:x::text`, drivers'
+/// `$1::text`) are expanded with the value during a rotation, not refused.
+async fn casts_expand_with_the_value(fx: &Fx, c: &Client, ids: [i32; 4]) {
+    let [old_a, old_b, new_a, new_c] = ids;
+    let got = fx
+        .ids(
+            c,
+            "select id from T where email = 'a@x'::text or email = $1::varchar",
+            &[&"c@x"],
+        )
+        .await;
+    assert_eq!(got, vec![old_a, new_a, new_c], "casts to text");
+    let got = fx
+        .ids(
+            c,
+            "select id from T where email in ('b@x'::character varying, $1::pg_catalog.text)",
+            &[&"a@x"],
+        )
+        .await;
+    assert_eq!(got, vec![old_a, old_b, new_a], "casts in IN");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_is_picked_up_and_lookups_match_every_live_version() {
     let fx = Fx::new().await;
@@ -284,24 +306,7 @@ async fn rotation_is_picked_up_and_lookups_match_every_live_version() {
         )
         .await;
     assert_eq!(got, a, "IS NOT DISTINCT FROM");
-    // Casts to text around the value (pgbench's `:x::text`, drivers' `$1::text`)
-    // are expanded with the value, not refused.
-    let got = fx
-        .ids(
-            &c,
-            "select id from T where email = 'a@x'::text or email = $1::varchar",
-            &[&"c@x"],
-        )
-        .await;
-    assert_eq!(got, vec![old_a, new_a, new_c], "casts to text");
-    let got = fx
-        .ids(
-            &c,
-            "select id from T where email in ('b@x'::character varying, $1::pg_catalog.text)",
-            &[&"a@x"],
-        )
-        .await;
-    assert_eq!(got, vec![old_a, old_b, new_a], "casts in IN");
+    casts_expand_with_the_value(&fx, &c, [old_a, old_b, new_a, new_c]).await;
     let none: Option<&str> = None;
     let got = fx
         .ids(&c, "select id from T where email = $1", &[&none])
