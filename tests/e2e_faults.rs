@@ -50,12 +50,19 @@ async fn faults_under_mixed_load() {
     .await;
     let warm = work.error_counts().iter().sum::<usize>();
     assert_eq!(warm, 0, "errors before any fault");
-    let mut rows = vec![terminate_backend(&fx, &work).await];
+    let mut rows = Vec::new();
+    rows.push(terminate_backend(&fx, &work).await);
+    progress(&rows);
     rows.push(region_restart(&fx, &work, hold).await);
+    progress(&rows);
     rows.push(kms_outage(&fx, &work, hold).await);
+    progress(&rows);
     rows.push(key_revoked(&fx, &work, hold).await);
+    progress(&rows);
     rows.push(sighup(&fx, &work).await);
+    progress(&rows);
     rows.push(abuse(&fx, &work).await);
+    progress(&rows);
     rows.push(sigterm(&mut fx, &mut work).await);
     let table = render(&rows);
     println!("\n{table}");
@@ -64,6 +71,12 @@ async fn faults_under_mixed_load() {
         assert!(r.data.contains("ok"), "{table}");
         assert!(r.recovery.is_none_or(|d| d < Duration::from_secs(60)), "{table}");
     }
+}
+
+/// Prints the table so far (to stderr), so a failing fault shows the ones
+/// before it.
+fn progress(rows: &[faults::report::Row]) {
+    eprintln!("{}", render(rows));
 }
 
 /// A client that stops reading a 200 MB result must not make byokpg buffer

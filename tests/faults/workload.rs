@@ -160,7 +160,11 @@ async fn run_worker(w: Arc<Worker>, target: Target, name: String, stop: Arc<Atom
     let mut step: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
         let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
-            client = None;
+            if client.take().is_some() {
+                // The server side ended the session between two statements
+                // (an unsolicited FATAL, e.g. pg_terminate_backend).
+                lock(&w).errors.push((Instant::now(), "closed".to_owned()));
+            }
             match connect(&dsn).await {
                 Ok((c, pid)) => {
                     let mut l = lock(&w);
