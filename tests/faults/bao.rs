@@ -59,16 +59,24 @@ impl Bao {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let bao = Self { child, port, http: http_client() };
+        let bao = Self {
+            child,
+            port,
+            http: http_client(),
+        };
         bao.wait_healthy().await;
-        bao.post("sys/mounts/transit", json!({ "type": "transit" })).await;
-        bao.post(&format!("transit/keys/{key}"), json!({ "type": "aes256-gcm96" }))
+        bao.post("sys/mounts/transit", json!({ "type": "transit" }))
             .await;
+        bao.post(
+            &format!("transit/keys/{key}"),
+            json!({ "type": "aes256-gcm96" }),
+        )
+        .await;
         bao
     }
 
     async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         let url = format!("http://127.0.0.1:{}/v1/sys/health", self.port);
         loop {
             if let Ok(r) = self.http.get(&url).send().await
@@ -76,7 +84,10 @@ impl Bao {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "bao dev server not healthy within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "bao dev server not healthy within 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

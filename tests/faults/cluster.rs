@@ -31,12 +31,22 @@ impl Cluster {
             .prefix("byokpg-faults-pg-")
             .tempdir()
             .expect("temp dir for the private cluster");
-        let out = run(Command::new("chown").args(["postgres:postgres", &dir.path().to_string_lossy()]));
+        let out =
+            run(Command::new("chown").args(["postgres:postgres", &dir.path().to_string_lossy()]));
         assert_success(&format!("chown the private cluster dir ({HOW})"), &out);
         let data = dir.path().join("data");
         let data_s = data.to_string_lossy().into_owned();
         let out = run(&mut as_postgres(&[
-            "initdb", "-D", &data_s, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8",
+            "initdb",
+            "-D",
+            &data_s,
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
         ]));
         assert_success(&format!("initdb ({HOW})"), &out);
         let cluster = Self {
@@ -47,15 +57,28 @@ impl Cluster {
         };
         cluster.pg_start();
         let out = run(Command::new("psql").args([
-            "-X", "-q", "-h", PG_HOST, "-p", &cluster.port.to_string(), "-U", "postgres", "-d",
-            "postgres", "-c", &format!("create database \"{db}\""),
+            "-X",
+            "-q",
+            "-h",
+            PG_HOST,
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            &format!("create database \"{db}\""),
         ]));
         assert_success("create the private cluster's database", &out);
         cluster
     }
 
     pub fn dsn(&self, db: &str) -> String {
-        format!("postgres://postgres@{PG_HOST}:{}/{db}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@{PG_HOST}:{}/{db}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Starts the server and waits until it accepts connections.
@@ -66,8 +89,17 @@ impl Cluster {
             self.data.to_string_lossy()
         );
         let out = run(&mut as_postgres(&[
-            "pg_ctl", "-D", &self.data.to_string_lossy(), "-l", &self.log.to_string_lossy(),
-            "-o", &opts, "-w", "-t", "60", "start",
+            "pg_ctl",
+            "-D",
+            &self.data.to_string_lossy(),
+            "-l",
+            &self.log.to_string_lossy(),
+            "-o",
+            &opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
         ]));
         assert_success(&format!("pg_ctl start ({HOW})"), &out);
     }
@@ -75,7 +107,15 @@ impl Cluster {
     /// Fast shutdown: open sessions are terminated, as in a real outage.
     pub fn pg_stop(&self) {
         let out = run(&mut as_postgres(&[
-            "pg_ctl", "-D", &self.data.to_string_lossy(), "-m", "fast", "-w", "-t", "60", "stop",
+            "pg_ctl",
+            "-D",
+            &self.data.to_string_lossy(),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "stop",
         ]));
         assert_success("pg_ctl stop", &out);
     }
@@ -84,7 +124,13 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = run(&mut as_postgres(&[
-            "pg_ctl", "-D", &self.data.to_string_lossy(), "-m", "immediate", "-w", "stop",
+            "pg_ctl",
+            "-D",
+            &self.data.to_string_lossy(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
         ]));
     }
 }

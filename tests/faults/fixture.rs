@@ -15,8 +15,7 @@ use crate::common::{POLICY_TABLE, Proxy, create_in_regions, direct_client_db, un
 
 pub const USER: &str = "faults_app";
 pub const PASSWORD: &str = "faults_app-pw";
-/// Worker connections per tenant beyond the fixed ones; the cap is sized
-/// from it so the abuse fault can fill it exactly.
+/// `dek_cache_ttl` of every tenant: revocation must show within it.
 pub const TTL: Duration = Duration::from_secs(2);
 const KEY_GOOD: &str = "5c";
 const TRANSIT_KEY: &str = "faults-kek";
@@ -75,7 +74,7 @@ impl Fx {
             plain: format!("{id}_plain"),
             audit: format!("{id}_audit"),
         };
-        let cluster = Cluster::start("app");
+        let cluster = tokio::task::block_in_place(|| Cluster::start("app"));
         create_in_regions(&["us", "eu"], &ddl(&tables)).await;
         connect_dsn(&cluster.dsn("app"))
             .await
@@ -107,8 +106,8 @@ impl Fx {
             .tenant_on(&rev, "us", "revk", "rev-kek", &ttl)
             .tenant_on(&kms, "eu", "vault", TRANSIT_KEY, &ttl)
             .tenant_on(&reg, "apac", "dev", "reg-kek", &ttl)
-            .policy_table(&policy(&tables))
-            .start();
+            .policy_table(&policy(&tables));
+        let proxy = tokio::task::block_in_place(|| proxy.start());
         proxy.require_proxy();
         Self {
             proxy,
@@ -131,15 +130,16 @@ impl Fx {
     }
 
     pub fn target(&self) -> Target {
-        let base = self.proxy.dsn(USER, PASSWORD, None);
-        let port = self.proxy.port;
-        let _ = base;
+        let dsns = self
+            .tenants()
+            .into_iter()
+            .map(|t| {
+                let dsn = self.proxy.dsn(USER, PASSWORD, Some(&t));
+                (t, dsn)
+            })
+            .collect();
         Target {
-            dsn_of: Arc::new(move |t: &str| {
-                format!(
-                    "postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/app?sslmode=disable&options=-c%20byokpg.tenant%3D{t}"
-                )
-            }),
+            dsns: Arc::new(dsns),
             tables: self.tables.clone(),
             marker: self.marker.clone(),
         }
@@ -162,7 +162,7 @@ impl Fx {
     /// A client through byokpg as `tenant`, retried while the tenant
     /// recovers (up to 60 s).
     pub async fn through(&self, tenant: &str) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             match self.proxy.try_connect(USER, Some(tenant)).await {
                 Ok(c) => return c,
@@ -211,12 +211,24 @@ impl Fx {
         );
         let row = d.query_one(&sql, &[&like]).await.expect("plaintext scan");
         let (plain, total): (i64, i64) = (row.get(0), row.get(1));
-        assert_eq!(plain, 0, "plaintext of a protected column in {tenant}'s region");
+        assert_eq!(
+            plain, 0,
+            "plaintext of a protected column in {tenant}'s region"
+        );
         assert!(total > 0, "{tenant}'s region holds no workload rows at all");
     }
 
     fn assert_chain(&self, tenant: &str) {
-        let out = self.cli(&["audit", "verify", "--tenant", tenant, "--table", &self.tables.audit]);
+        let out = tokio::task::block_in_place(|| {
+            self.cli(&[
+                "audit",
+                "verify",
+                "--tenant",
+                tenant,
+                "--table",
+                &self.tables.audit,
+            ])
+        });
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.lines().last().is_some_and(|l| l.starts_with("ok: ")),
@@ -229,10 +241,15 @@ impl Fx {
     async fn assert_read_back(&self, tenant: &str, written: &[Written]) -> usize {
         assert!(!written.is_empty(), "{tenant} committed no rows");
         let c = self.through(tenant).await;
-        let sql = format!("select id, secret, email from {} where tenant_id = $1", self.tables.enc);
+        let sql = format!(
+            "select id, secret, email from {} where tenant_id = $1",
+            self.tables.enc
+        );
         let rows = c.query(&sql, &[&tenant]).await.expect("read back");
-        let got: std::collections::HashMap<i32, (String, String)> =
-            rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+        let got: std::collections::HashMap<i32, (String, String)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
         for (id, secret, email) in written {
             assert_eq!(
                 got.get(id),

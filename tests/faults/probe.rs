@@ -49,10 +49,14 @@ pub fn startup_packet(user: &str, tenant: Option<&str>) -> Vec<u8> {
 /// ErrorResponse, `auth` when authentication went on, or `eof`/`timeout`.
 pub async fn startup_outcome(port: u16, packet: &[u8]) -> String {
     let attempt = async {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         s.write_all(packet).await.map_err(|_| "eof".to_owned())?;
         let mut head = [0u8; 5];
-        s.read_exact(&mut head).await.map_err(|_| "eof".to_owned())?;
+        s.read_exact(&mut head)
+            .await
+            .map_err(|_| "eof".to_owned())?;
         let len = usize::try_from(u32::from_be_bytes([head[1], head[2], head[3], head[4]]))
             .unwrap_or(0)
             .saturating_sub(4);
@@ -60,10 +64,12 @@ pub async fn startup_outcome(port: u16, packet: &[u8]) -> String {
             return Ok("auth".to_owned());
         }
         let mut body = vec![0u8; len.min(64 * 1024)];
-        s.read_exact(&mut body).await.map_err(|_| "eof".to_owned())?;
+        s.read_exact(&mut body)
+            .await
+            .map_err(|_| "eof".to_owned())?;
         Ok::<_, String>(error_code(&body))
     };
-    match tokio::time::timeout(Duration::from_secs(60), attempt).await {
+    match tokio::time::timeout(Duration::from_mins(1), attempt).await {
         Ok(Ok(code) | Err(code)) => code,
         Err(_) => "timeout".to_owned(),
     }
@@ -73,5 +79,8 @@ pub async fn startup_outcome(port: u16, packet: &[u8]) -> String {
 fn error_code(body: &[u8]) -> String {
     body.split(|b| *b == 0)
         .find_map(|f| f.strip_prefix(b"C"))
-        .map_or_else(|| "no-code".to_owned(), |c| String::from_utf8_lossy(c).into_owned())
+        .map_or_else(
+            || "no-code".to_owned(),
+            |c| String::from_utf8_lossy(c).into_owned(),
+        )
 }

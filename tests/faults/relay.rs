@@ -27,7 +27,9 @@ pub struct Relay {
 impl Relay {
     /// Listens on a free loopback port and relays to `target` (`host:port`).
     pub async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
         let port = listener.local_addr().expect("relay address").port();
         let mode = Arc::new(AtomicU8::new(Mode::Pass as u8));
         let m = mode.clone();

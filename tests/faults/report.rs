@@ -53,7 +53,9 @@ pub fn render(rows: &[Row]) -> String {
     );
     let _ = writeln!(s, "{}", "-".repeat(120));
     for r in rows {
-        let rec = r.recovery.map_or_else(|| "-".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
+        let rec = r
+            .recovery
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.2}s", d.as_secs_f64()));
         let _ = writeln!(
             s,
             "{:<34} | {:<28} | {:<10} | {:>9} | {}",

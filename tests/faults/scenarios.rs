@@ -12,7 +12,7 @@ use super::relay::Mode;
 use super::report::{Row, split_errors};
 use super::workload::{Workload, lock};
 
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_mins(1);
 
 /// Waits until `cond` holds (polling), panicking with `what` after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
@@ -28,7 +28,11 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 fn saw(work: &Workload, before: &[usize], pick: impl Fn(usize, &str) -> bool, class: &str) -> bool {
     work.workers.iter().enumerate().any(|(i, w)| {
         pick(i, &w.tenant)
-            && lock(w).errors.iter().skip(before[i]).any(|(_, c)| c == class)
+            && lock(w)
+                .errors
+                .iter()
+                .skip(before[i])
+                .any(|(_, c)| c == class)
     })
 }
 
@@ -39,14 +43,23 @@ pub fn only(m: &BTreeMap<String, usize>, allowed: &[&str]) -> bool {
 /// Reads the tenant's encrypted rows through a fresh connection until it
 /// works: the moment the tenant is served again.
 async fn wait_readable(fx: &Fx, tenant: &str, since: Instant) -> Duration {
-    let sql = format!("select secret from {} where tenant_id = $1 limit 5", fx.tables.enc);
+    let sql = format!(
+        "select secret from {} where tenant_id = $1 limit 5",
+        fx.tables.enc
+    );
     loop {
-        if let Ok(c) = fx.proxy.try_connect(super::fixture::USER, Some(tenant)).await
+        if let Ok(c) = fx
+            .proxy
+            .try_connect(super::fixture::USER, Some(tenant))
+            .await
             && c.query(&sql, &[&tenant]).await.is_ok()
         {
             return since.elapsed();
         }
-        assert!(since.elapsed() < LIMIT, "{tenant} not readable again within {LIMIT:?}");
+        assert!(
+            since.elapsed() < LIMIT,
+            "{tenant} not readable again within {LIMIT:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -64,7 +77,10 @@ pub async fn terminate_backend(fx: &Fx, work: &Workload) -> Row {
         .expect("pg_terminate_backend")
         .get(0);
     assert!(killed, "backend {pid} of worker 0 was not there");
-    wait_for("worker 0 sees its backend die", LIMIT, || lock(w).errors.len() > before[victim]).await;
+    wait_for("worker 0 sees its backend die", LIMIT, || {
+        lock(w).errors.len() > before[victim]
+    })
+    .await;
     let t1 = lock(w).errors.last().map(|e| e.0).expect("an error");
     let recovery = work.wait_ok_after(|i, _| i == victim, t1, LIMIT).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -91,7 +107,11 @@ pub async fn region_restart(fx: &Fx, work: &Workload, hold: Duration) -> Row {
     .await;
     let probe = fx.proxy.try_connect(super::fixture::USER, Some(&reg)).await;
     let code = probe.err().and_then(|e| crate::common::sqlstate(&e));
-    assert_eq!(code.as_deref(), Some("08006"), "a new connection to the stopped region");
+    assert_eq!(
+        code.as_deref(),
+        Some("08006"),
+        "a new connection to the stopped region"
+    );
     tokio::time::sleep(hold).await;
     block_in_place(|| fx.cluster.pg_start());
     let back = Instant::now();
@@ -123,7 +143,10 @@ pub async fn kms_outage(fx: &Fx, work: &Workload, hold: Duration) -> Row {
     tokio::time::sleep(hold).await;
     fx.relay.set(Mode::Slow);
     let mid = work.error_counts();
-    wait_for("58030 while the KMS is slow", LIMIT, || saw(work, &mid, |_, t| t == k, "58030")).await;
+    wait_for("58030 while the KMS is slow", LIMIT, || {
+        saw(work, &mid, |_, t| t == k, "58030")
+    })
+    .await;
     tokio::time::sleep(hold).await;
     fx.relay.set(Mode::Pass);
     let back = Instant::now();

@@ -12,7 +12,7 @@ use super::scenarios::wait_for;
 use super::workload::Workload;
 use crate::common::create_in_regions;
 
-const LIMIT: Duration = Duration::from_secs(60);
+const LIMIT: Duration = Duration::from_mins(1);
 
 fn log_count(fx: &Fx, needle: &str) -> usize {
     fx.proxy.log().matches(needle).count()
@@ -26,7 +26,11 @@ pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
     let hup = format!("{}_hup", fx.tables.enc);
     let ddl = format!("create table {hup} (id serial primary key, tenant_id text, note text)");
     create_in_regions(&["us", "eu"], &ddl).await;
-    fx.direct(&fx.reg).await.batch_execute(&ddl).await.expect("hup table");
+    fx.direct(&fx.reg)
+        .await
+        .batch_execute(&ddl)
+        .await
+        .expect("hup table");
     let valid = format!(
         "{}\n[[table]]\nname = \"{hup}\"\ntenant_column = \"tenant_id\"\n[table.columns]\nnote = \"randomized\"\n",
         fx.proxy.config()
@@ -34,7 +38,10 @@ pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
     std::fs::write(&fx.proxy.config_path, &valid).expect("write config");
     let n = log_count(fx, "configuration reloaded");
     fx.proxy.signal("HUP");
-    wait_for("the valid reload", LIMIT, || log_count(fx, "configuration reloaded") > n).await;
+    wait_for("the valid reload", LIMIT, || {
+        log_count(fx, "configuration reloaded") > n
+    })
+    .await;
     // The new policy is in force: the value lands as ciphertext.
     let c = fx.through(&fx.rev).await;
     let value = format!("{}-hup", fx.marker);
@@ -43,19 +50,39 @@ pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
         .expect("insert into the newly protected table");
     let d = fx.direct(&fx.rev).await;
     let row = d
-        .query_one(&format!("select count(*), count(*) filter (where note like '%' || $1 || '%') from {hup}"), &[&fx.marker])
+        .query_one(
+            &format!(
+                "select count(*), count(*) filter (where note like '%' || $1 || '%') from {hup}"
+            ),
+            &[&fx.marker],
+        )
         .await
         .expect("scan");
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 0), "new policy not applied");
-    std::fs::write(&fx.proxy.config_path, format!("{valid}\n[[table]]\nname = 42\n")).expect("write bad config");
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (1, 0),
+        "new policy not applied"
+    );
+    std::fs::write(
+        &fx.proxy.config_path,
+        format!("{valid}\n[[table]]\nname = 42\n"),
+    )
+    .expect("write bad config");
     let n = log_count(fx, "configuration reload refused");
     fx.proxy.signal("HUP");
-    wait_for("the refusal in the log", LIMIT, || log_count(fx, "configuration reload refused") > n).await;
+    wait_for("the refusal in the log", LIMIT, || {
+        log_count(fx, "configuration reload refused") > n
+    })
+    .await;
     std::fs::write(&fx.proxy.config_path, &valid).expect("restore config");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (hit, other) = split_errors(work, &before, |_, _| false);
     assert!(other.is_empty(), "errors during reloads: {other:?}");
-    assert_eq!(work.connect_counts(), connects, "a connection was dropped by a reload");
+    assert_eq!(
+        work.connect_counts(),
+        connects,
+        "a connection was dropped by a reload"
+    );
     Row {
         fault: "SIGHUP valid, then invalid".into(),
         affected: hit,
@@ -81,7 +108,10 @@ pub async fn abuse(fx: &Fx, work: &Workload) -> Row {
         super::scenarios::only(&outcomes, &["53300", "28000", "28P01"]),
         "burst outcomes: {outcomes:?}"
     );
-    assert!(outcomes.get("53300").copied().unwrap_or(0) >= 900, "{outcomes:?}");
+    assert!(
+        outcomes.get("53300").copied().unwrap_or(0) >= 900,
+        "{outcomes:?}"
+    );
     drop(slow);
     drop(fillers);
     let back = Instant::now();
@@ -95,7 +125,11 @@ pub async fn abuse(fx: &Fx, work: &Workload) -> Row {
     let (fd1, rss1) = (fd_count(pid), rss_kib(pid));
     let (_, other) = split_errors(work, &before, |_, _| false);
     assert!(other.is_empty(), "workers saw errors: {other:?}");
-    assert_eq!(work.connect_counts(), connects, "a worker lost its connection");
+    assert_eq!(
+        work.connect_counts(),
+        connects,
+        "a worker lost its connection"
+    );
     Row {
         fault: "vanish+slowloris+1000 burst over cap".into(),
         affected: outcomes,
@@ -136,7 +170,9 @@ async fn slowloris(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
     let packet = startup_packet(USER, None);
     let mut out = Vec::new();
     for _ in 0..n {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("slowloris connect");
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("slowloris connect");
         s.write_all(&packet[..6]).await.expect("partial startup");
         out.push(s);
     }
@@ -153,7 +189,10 @@ async fn fill_cap(fx: &Fx, workers: usize) -> Vec<tokio_postgres::Client> {
             Err(e) => {
                 let code = crate::common::sqlstate(&e);
                 assert_eq!(code.as_deref(), Some("53300"), "filler: {e:?}");
-                assert!(Instant::now() < deadline, "cap never had room for the fillers");
+                assert!(
+                    Instant::now() < deadline,
+                    "cap never had room for the fillers"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -186,11 +225,17 @@ pub async fn sigterm(fx: &mut Fx, work: &mut Workload) -> Row {
     let before = work.error_counts();
     let c = fx.through(&fx.rev).await;
     let enc = fx.tables.enc.clone();
-    let (secret, email) = (format!("{}-term", fx.marker), format!("{}-term@x", fx.marker));
+    let (secret, email) = (
+        format!("{}-term", fx.marker),
+        format!("{}-term@x", fx.marker),
+    );
     let tx = tokio::spawn(async move {
         c.batch_execute("begin").await?;
         let id: i32 = c
-            .query_one(&format!("insert into {enc} (secret, email) values ($1, $2) returning id"), &[&secret, &email])
+            .query_one(
+                &format!("insert into {enc} (secret, email) values ($1, $2) returning id"),
+                &[&secret, &email],
+            )
             .await?
             .get(0);
         c.simple_query("select pg_sleep(3)").await?;
@@ -204,20 +249,35 @@ pub async fn sigterm(fx: &mut Fx, work: &mut Workload) -> Row {
     let refused = fx.proxy.try_connect(USER, Some(&fx.rev)).await.is_err();
     assert!(refused, "a new connection was accepted after SIGTERM");
     work.stop().await;
-    let id = tx.await.expect("tx task").expect("the in-flight transaction commits");
+    let id = tx
+        .await
+        .expect("tx task")
+        .expect("the in-flight transaction commits");
     let status = block_in_place(|| fx.proxy.wait_exit(Duration::from_secs(30)));
     let took = t0.elapsed();
     let status = status.expect("byokpg exits within the drain timeout");
     assert!(status.success(), "exit status {status}");
-    assert!(took < Duration::from_secs(20), "exit took {took:?}, drain timeout is 20 s");
+    assert!(
+        took < Duration::from_secs(20),
+        "exit took {took:?}, drain timeout is 20 s"
+    );
     let d = fx.direct(&fx.rev).await;
     let n: i64 = d
-        .query_one(&format!("select count(*) from {} where id = $1", fx.tables.enc), &[&id])
+        .query_one(
+            &format!("select count(*) from {} where id = $1", fx.tables.enc),
+            &[&id],
+        )
         .await
         .expect("count")
         .get(0);
-    assert_eq!(n, 1, "the transaction in flight at SIGTERM was not committed");
-    assert!(fx.proxy.log().contains("all sessions finished"), "drain did not finish by itself");
+    assert_eq!(
+        n, 1,
+        "the transaction in flight at SIGTERM was not committed"
+    );
+    assert!(
+        fx.proxy.log().contains("all sessions finished"),
+        "drain did not finish by itself"
+    );
     // Every client is affected: idle sessions are ended with FATAL 57P01
     // (docs/ARCHITECTURE.md), and reconnects are refused. Nothing else —
     // no statement failed half-way.

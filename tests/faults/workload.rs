@@ -47,7 +47,8 @@ pub struct Workload {
 /// What a worker needs to reach the proxy.
 #[derive(Clone)]
 pub struct Target {
-    pub dsn_of: Arc<dyn Fn(&str) -> String + Send + Sync>,
+    /// tenant → libpq URL of byokpg as that tenant.
+    pub dsns: Arc<std::collections::BTreeMap<String, String>>,
     pub tables: Tables,
     pub marker: String,
 }
@@ -74,14 +75,18 @@ impl Workload {
                 workers.push(w);
             }
         }
-        Self { workers, stop, tasks }
+        Self {
+            workers,
+            stop,
+            tasks,
+        }
     }
 
     /// Asks every worker to stop after its current statement and waits.
     pub async fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for t in self.tasks.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+            let _ = tokio::time::timeout(Duration::from_mins(1), t).await;
         }
     }
 
@@ -132,7 +137,9 @@ impl Workload {
 }
 
 pub fn lock(w: &Worker) -> std::sync::MutexGuard<'_, WorkerLog> {
-    w.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    w.log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn classify(e: &tokio_postgres::Error) -> String {
@@ -150,14 +157,17 @@ async fn connect(dsn: &str) -> Result<(Client, i32), tokio_postgres::Error> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let pid: i32 = client.query_one("select pg_backend_pid()", &[]).await?.get(0);
+    let pid: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await?
+        .get(0);
     Ok((client, pid))
 }
 
 async fn run_worker(w: Arc<Worker>, target: Target, name: String, stop: Arc<AtomicBool>) {
-    let dsn = (target.dsn_of)(&w.tenant);
+    let dsn = target.dsns[&w.tenant].clone();
     let mut client: Option<Client> = None;
-    let mut step: u64 = 0;
+    let mut op_no: u64 = 0;
     while !stop.load(Ordering::SeqCst) {
         let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
             if client.take().is_some() {
@@ -179,8 +189,8 @@ async fn run_worker(w: Arc<Worker>, target: Target, name: String, stop: Arc<Atom
             }
             continue;
         };
-        let res = one_op(c, &w, &target, &name, step).await;
-        step += 1;
+        let res = one_op(c, &w, &target, &name, op_no).await;
+        op_no += 1;
         {
             let mut l = lock(&w);
             match res {
@@ -196,41 +206,47 @@ async fn run_worker(w: Arc<Worker>, target: Target, name: String, stop: Arc<Atom
 }
 
 /// One statement of the cycle; `Err(class)` on failure.
-async fn one_op(c: &Client, w: &Worker, t: &Target, name: &str, step: u64) -> Result<(), String> {
-    let Tables { enc, plain, audit } = &t.tables;
-    let m = &t.marker;
+async fn one_op(
+    client: &Client,
+    worker: &Worker,
+    target: &Target,
+    name: &str,
+    step: u64,
+) -> Result<(), String> {
+    let Tables { enc, plain, audit } = &target.tables;
+    let m = &target.marker;
     let tag = format!("{name}-{step}");
     let r = match step % 5 {
         0 => {
-            let secret = format!("{m}-secret-{}-{tag}", w.tenant);
-            let email = format!("{m}-{tag}@{}", w.tenant);
+            let secret = format!("{m}-secret-{}-{tag}", worker.tenant);
+            let email = format!("{m}-{tag}@{}", worker.tenant);
             let sql = format!("insert into {enc} (secret, email) values ($1, $2) returning id");
-            match c.query_one(&sql, &[&secret, &email]).await {
+            match client.query_one(&sql, &[&secret, &email]).await {
                 Ok(row) => {
-                    lock(w).written.push((row.get(0), secret, email));
+                    lock(worker).written.push((row.get(0), secret, email));
                     return Ok(());
                 }
                 Err(e) => Err(e),
             }
         }
-        1 => return lookup(c, w, enc).await,
-        2 => c
+        1 => return lookup(client, worker, enc).await,
+        2 => client
             .simple_query(&format!(
                 "insert into {plain} (tenant_id, note) values ('{}', 'plain {tag}')",
-                w.tenant
+                worker.tenant
             ))
             .await
             .map(drop),
-        3 => c
+        3 => client
             .simple_query(&format!(
                 "insert into {audit} (kind, payload) values ('op', '{m}-audit-{tag}')"
             ))
             .await
             .map(drop),
-        _ => c
+        _ => client
             .simple_query(&format!(
                 "select count(*) from {plain} where tenant_id = '{}'",
-                w.tenant
+                worker.tenant
             ))
             .await
             .map(drop),
