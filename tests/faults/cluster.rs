@@ -17,10 +17,35 @@ pub struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-/// `runuser -u postgres -- <args>`: initdb refuses to run as root.
+/// Directory of the server binaries: Debian keeps initdb and pg_ctl in
+/// /usr/lib/postgresql/VERSION/bin, off the PATH; the newest one wins.
+fn pg_bindir() -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|d| d.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.retain(|d| d.join("initdb").exists() && d.join("pg_ctl").exists());
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop().unwrap_or_default()
+}
+
+/// `runuser -u postgres -- <server binary> <args>`: initdb refuses to run
+/// as root. An empty bindir leaves the binary to the PATH.
 fn as_postgres(args: &[&str]) -> Command {
+    let (bin, rest) = args.split_first().expect("a command");
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"]).args(args);
+    cmd.args(["-u", "postgres", "--"])
+        .arg(pg_bindir().join(bin))
+        .args(rest);
     cmd
 }
 
