@@ -66,6 +66,23 @@ fn policy(t: &Tables) -> String {
     )
 }
 
+/// The revocable tenant's KMS: its own key file.
+fn local_kms(key_file: &std::path::Path) -> String {
+    format!(
+        "provider = \"local\"\nallow_insecure_local = true\nkey_file = \"{}\"\ntimeout = \"2s\"",
+        key_file.display()
+    )
+}
+
+/// Vault Transit through the relay; a 1 s timeout and one retry keep the
+/// outage answers (58030) quick.
+fn vault_kms(relay_port: u16) -> String {
+    format!(
+        "provider = \"vault-transit\"\naddress = \"http://127.0.0.1:{relay_port}\"\n\
+         token = \"root\"\ntimeout = \"1s\"\nmax_retries = 1"
+    )
+}
+
 impl Fx {
     pub async fn start(workers: usize) -> Self {
         let id = unique_name("flt");
@@ -95,14 +112,8 @@ impl Fx {
             .region_dsn("apac", &cluster.dsn("app"))
             .server_option(&format!("max_client_connections = {cap}"))
             .server_option("drain_timeout = \"20s\"")
-            .kms("revk", &format!(
-                "provider = \"local\"\nallow_insecure_local = true\nkey_file = \"{}\"\ntimeout = \"2s\"",
-                rev_key.display()
-            ))
-            .kms("vault", &format!(
-                "provider = \"vault-transit\"\naddress = \"http://127.0.0.1:{}\"\ntoken = \"root\"\ntimeout = \"1s\"\nmax_retries = 1",
-                relay.port
-            ))
+            .kms("revk", &local_kms(&rev_key))
+            .kms("vault", &vault_kms(relay.port))
             .tenant_on(&rev, "us", "revk", "rev-kek", &ttl)
             .tenant_on(&kms, "eu", "vault", TRANSIT_KEY, &ttl)
             .tenant_on(&reg, "apac", "dev", "reg-kek", &ttl)

@@ -23,6 +23,40 @@ fn log_count(fx: &Fx, needle: &str) -> usize {
 pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
     let before = work.error_counts();
     let connects = work.connect_counts();
+    let valid = reload_valid_policy(fx).await;
+    std::fs::write(
+        &fx.proxy.config_path,
+        format!("{valid}\n[[table]]\nname = 42\n"),
+    )
+    .expect("write bad config");
+    let n = log_count(fx, "configuration reload refused");
+    fx.proxy.signal("HUP");
+    wait_for("the refusal in the log", LIMIT, || {
+        log_count(fx, "configuration reload refused") > n
+    })
+    .await;
+    // The CLI checks read the same file: put the valid one back.
+    std::fs::write(&fx.proxy.config_path, &valid).expect("restore config");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (hit, other) = split_errors(work, &before, |_, _| false);
+    assert!(other.is_empty(), "errors during reloads: {other:?}");
+    assert_eq!(
+        work.connect_counts(),
+        connects,
+        "a connection was dropped by a reload"
+    );
+    Row {
+        fault: "SIGHUP valid, then invalid".into(),
+        affected: hit,
+        unaffected: other,
+        recovery: None,
+        data: fx.check_data(work, true).await,
+    }
+}
+
+/// Protects a new table by SIGHUP and checks a value written through
+/// byokpg lands as ciphertext; returns the (valid) config text.
+async fn reload_valid_policy(fx: &Fx) -> String {
     let hup = format!("{}_hup", fx.tables.enc);
     let ddl = format!("create table {hup} (id serial primary key, tenant_id text, note text)");
     create_in_regions(&["us", "eu"], &ddl).await;
@@ -42,20 +76,17 @@ pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
         log_count(fx, "configuration reloaded") > n
     })
     .await;
-    // The new policy is in force: the value lands as ciphertext.
     let c = fx.through(&fx.rev).await;
     let value = format!("{}-hup", fx.marker);
     c.execute(&format!("insert into {hup} (note) values ($1)"), &[&value])
         .await
         .expect("insert into the newly protected table");
-    let d = fx.direct(&fx.rev).await;
-    let row = d
-        .query_one(
-            &format!(
-                "select count(*), count(*) filter (where note like '%' || $1 || '%') from {hup}"
-            ),
-            &[&fx.marker],
-        )
+    let sql =
+        format!("select count(*), count(*) filter (where note like '%' || $1 || '%') from {hup}");
+    let row = fx
+        .direct(&fx.rev)
+        .await
+        .query_one(&sql, &[&fx.marker])
         .await
         .expect("scan");
     assert_eq!(
@@ -63,33 +94,7 @@ pub async fn sighup(fx: &Fx, work: &Workload) -> Row {
         (1, 0),
         "new policy not applied"
     );
-    std::fs::write(
-        &fx.proxy.config_path,
-        format!("{valid}\n[[table]]\nname = 42\n"),
-    )
-    .expect("write bad config");
-    let n = log_count(fx, "configuration reload refused");
-    fx.proxy.signal("HUP");
-    wait_for("the refusal in the log", LIMIT, || {
-        log_count(fx, "configuration reload refused") > n
-    })
-    .await;
-    std::fs::write(&fx.proxy.config_path, &valid).expect("restore config");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (hit, other) = split_errors(work, &before, |_, _| false);
-    assert!(other.is_empty(), "errors during reloads: {other:?}");
-    assert_eq!(
-        work.connect_counts(),
-        connects,
-        "a connection was dropped by a reload"
-    );
-    Row {
-        fault: "SIGHUP valid, then invalid".into(),
-        affected: hit,
-        unaffected: other,
-        recovery: None,
-        data: fx.check_data(work, true).await,
-    }
+    valid
 }
 
 /// Clients that vanish, slowloris startups, fillers up to the cap and a
@@ -223,25 +228,7 @@ async fn burst(port: u16, n: usize, par: usize) -> std::collections::BTreeMap<St
 /// refused, byokpg exits 0 within the drain timeout.
 pub async fn sigterm(fx: &mut Fx, work: &mut Workload) -> Row {
     let before = work.error_counts();
-    let c = fx.through(&fx.rev).await;
-    let enc = fx.tables.enc.clone();
-    let (secret, email) = (
-        format!("{}-term", fx.marker),
-        format!("{}-term@x", fx.marker),
-    );
-    let tx = tokio::spawn(async move {
-        c.batch_execute("begin").await?;
-        let id: i32 = c
-            .query_one(
-                &format!("insert into {enc} (secret, email) values ($1, $2) returning id"),
-                &[&secret, &email],
-            )
-            .await?
-            .get(0);
-        c.simple_query("select pg_sleep(3)").await?;
-        c.batch_execute("commit").await?;
-        Ok::<_, tokio_postgres::Error>(id)
-    });
+    let tx = open_transaction(fx).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t0 = Instant::now();
     fx.proxy.signal("TERM");
@@ -261,22 +248,16 @@ pub async fn sigterm(fx: &mut Fx, work: &mut Workload) -> Row {
         took < Duration::from_secs(20),
         "exit took {took:?}, drain timeout is 20 s"
     );
-    let d = fx.direct(&fx.rev).await;
-    let n: i64 = d
-        .query_one(
-            &format!("select count(*) from {} where id = $1", fx.tables.enc),
-            &[&id],
-        )
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(
-        n, 1,
-        "the transaction in flight at SIGTERM was not committed"
-    );
     assert!(
         fx.proxy.log().contains("all sessions finished"),
         "drain did not finish by itself"
+    );
+    let d = fx.direct(&fx.rev).await;
+    let sql = format!("select count(*) from {} where id = $1", fx.tables.enc);
+    let n: i64 = d.query_one(&sql, &[&id]).await.expect("count").get(0);
+    assert_eq!(
+        n, 1,
+        "the transaction in flight at SIGTERM was not committed"
     );
     // Every client is affected: idle sessions are ended with FATAL 57P01
     // (docs/ARCHITECTURE.md), and reconnects are refused. Nothing else —
@@ -295,4 +276,23 @@ pub async fn sigterm(fx: &mut Fx, work: &mut Workload) -> Row {
         recovery: Some(took),
         data: format!("exit 0; {}", fx.check_data(work, false).await),
     }
+}
+
+/// A transaction that inserts, then sleeps 3 s, then commits: in flight
+/// when SIGTERM arrives one second later. Yields the row's id.
+async fn open_transaction(fx: &Fx) -> tokio::task::JoinHandle<Result<i32, tokio_postgres::Error>> {
+    let c = fx.through(&fx.rev).await;
+    let enc = fx.tables.enc.clone();
+    let (secret, email) = (
+        format!("{}-term", fx.marker),
+        format!("{}-term@x", fx.marker),
+    );
+    tokio::spawn(async move {
+        c.batch_execute("begin").await?;
+        let sql = format!("insert into {enc} (secret, email) values ($1, $2) returning id");
+        let id: i32 = c.query_one(&sql, &[&secret, &email]).await?.get(0);
+        c.simple_query("select pg_sleep(3)").await?;
+        c.batch_execute("commit").await?;
+        Ok(id)
+    })
 }
