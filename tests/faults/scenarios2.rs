@@ -105,6 +105,7 @@ pub async fn abuse(fx: &Fx, work: &Workload) -> Row {
     let (fd0, rss0) = (fd_count(pid), rss_kib(pid));
     let before = work.error_counts();
     let connects = work.connect_counts();
+    let lone = tokio::spawn(closed_by_server(fx.proxy.port));
     vanish(fx).await;
     let slow = slowloris(fx.proxy.port, 30).await;
     let fillers = fill_cap(fx, work.workers.len()).await;
@@ -127,7 +128,11 @@ pub async fn abuse(fx: &Fx, work: &Workload) -> Row {
     })
     .await;
     let recovery = back.elapsed();
+    // A slowloris left alone is closed by byokpg's startup timeout (15 s).
+    let lone = lone.await.expect("slowloris task");
+    let lone = lone.expect("byokpg never closed a half-sent startup");
     let (fd1, rss1) = (fd_count(pid), rss_kib(pid));
+    assert!(fd1 <= fd0 + tol_fd, "fds {fd0} -> {fd1}");
     let (_, other) = split_errors(work, &before, |_, _| false);
     assert!(other.is_empty(), "workers saw errors: {other:?}");
     assert_eq!(
@@ -141,9 +146,10 @@ pub async fn abuse(fx: &Fx, work: &Workload) -> Row {
         unaffected: other,
         recovery: Some(recovery),
         data: format!(
-            "fd {fd0}->{fd1}, RSS {}->{} MiB; {}",
+            "fd {fd0}->{fd1}, RSS {}->{} MiB, lone slowloris closed after {}s; {}",
             rss0 / 1024,
             rss1 / 1024,
+            lone.as_secs(),
             fx.check_data(work, true).await
         ),
     }
@@ -168,6 +174,29 @@ async fn vanish(fx: &Fx) {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// Sends 6 bytes of a startup packet, then waits (up to 40 s) for byokpg
+/// to close the socket; how long that took.
+async fn closed_by_server(port: u16) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(&startup_packet(USER, None)[..6]).await.ok()?;
+    let mut buf = [0u8; 512];
+    let read_to_end = async {
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(40), read_to_end)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
 }
 
 /// Sockets that send 6 bytes of a startup packet and then nothing.
