@@ -42,11 +42,25 @@ fn pg_bindir() -> PathBuf {
 /// as root. An empty bindir leaves the binary to the PATH.
 fn as_postgres(args: &[&str]) -> Command {
     let (bin, rest) = args.split_first().expect("a command");
+    let bin = pg_bindir().join(bin);
+    if !running_as_root() {
+        let mut cmd = Command::new(bin);
+        cmd.args(rest);
+        return cmd;
+    }
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", "postgres", "--"])
-        .arg(pg_bindir().join(bin))
-        .args(rest);
+    cmd.args(["-u", "postgres", "--"]).arg(bin).args(rest);
     cmd
+}
+
+/// Real uid 0, read from /proc (no libc call: the crate forbids unsafe).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            == Some("0")
+    })
 }
 
 impl Cluster {
@@ -56,9 +70,11 @@ impl Cluster {
             .prefix("byokpg-faults-pg-")
             .tempdir()
             .expect("temp dir for the private cluster");
-        let out =
-            run(Command::new("chown").args(["postgres:postgres", &dir.path().to_string_lossy()]));
-        assert_success(&format!("chown the private cluster dir ({HOW})"), &out);
+        if running_as_root() {
+            let dir_s = dir.path().to_string_lossy().into_owned();
+            let out = run(Command::new("chown").args(["postgres:postgres", &dir_s]));
+            assert_success(&format!("chown the private cluster dir ({HOW})"), &out);
+        }
         let data = dir.path().join("data");
         let data_s = data.to_string_lossy().into_owned();
         let out = run(&mut as_postgres(&[
