@@ -16,8 +16,8 @@ pub enum Mode {
     Slow = 2,
 }
 
-/// How long a chunk is held in `Slow` mode (the KMS timeout is 1 s).
-const SLOW: Duration = Duration::from_millis(2500);
+/// How long a chunk is held in `Slow` mode (the KMS timeout is 2 s).
+const SLOW: Duration = Duration::from_secs(5);
 
 pub struct Relay {
     pub port: u16,
