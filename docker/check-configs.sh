@@ -40,7 +40,7 @@ for r in us eu apac; do
     psql -h 127.0.0.1 -U postgres -qAtc "select 1 from pg_database where datname = '$db'" | grep -q 1 \
         || createdb -h 127.0.0.1 -U postgres "$db"
     POSTGRES_USER=postgres POSTGRES_DB=$db DEMO_TENANT=${tenants[$i]} PGHOST=127.0.0.1 \
-        bash docker/initdb/10-demo-schema.sh >/dev/null
+        PGOPTIONS='-c client_min_messages=warning' bash docker/initdb/10-demo-schema.sh >/dev/null
     i=$((i + 1))
 done
 
@@ -74,9 +74,31 @@ sed -e 's/host=pg-\([a-z]*\) port=5432 user=byokpg/host=127.0.0.1 port=5432 user
 for r in us eu apac; do
     sed -i "/^\[regions.$r\]/{n;s/deploycheck_REGION/deploycheck_$r/}" "$WORK/compose.toml"
 done
+PG_PORT_=$(port); ADMIN_PORT=$(port)
+sed -i -e "s/^listen = \"0.0.0.0:6432\"/listen = \"127.0.0.1:$PG_PORT_\"/" \
+       -e "s/^admin_listen = \"0.0.0.0:9930\"/admin_listen = \"127.0.0.1:$ADMIN_PORT\"/" "$WORK/compose.toml"
 export BYOKPG_ADMIN_TOKEN=check-admin BYOKPG_DEMO_PASSWORD=demo PG_PASSWORD=unused VAULT_TOKEN=check-root
-echo "--- byokpg check --kms on docker/config/byokpg.toml (services replaced by local stand-ins)"
+echo "--- byokpg setup + check --kms on docker/config/byokpg.toml (services replaced by local stand-ins)"
+"$BYOKPG" --config "$WORK/compose.toml" setup
 "$BYOKPG" --config "$WORK/compose.toml" check --kms
+
+echo "--- byokpg serve with it: acme (Vault Transit) and globex (AWS KMS) write and read customers"
+"$BYOKPG" --config "$WORK/compose.toml" serve >"$WORK/serve.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz"; echo
+MARK=check$RANDOM$RANDOM
+for tenant_region in acme:us globex:eu; do
+    tenant=${tenant_region%%:*}; region=${tenant_region##*:}
+    url="postgres://demo:demo@127.0.0.1:$PG_PORT_/app?sslmode=disable&options=-c%20byokpg.tenant%3D$tenant"
+    got=$(psql -X -q -At -v ON_ERROR_STOP=1 -d "$url" \
+        -c "insert into customers (email, ssn) values ('$MARK-$tenant@example.com', '$MARK-ssn')" \
+        -c "select ssn from customers where email = '$MARK-$tenant@example.com'")
+    [[ "$got" == "$MARK-ssn" ]] || { echo "$tenant: read back '$got'" >&2; cat "$WORK/serve.log" >&2; exit 1; }
+    stored=$(psql -X -At -h 127.0.0.1 -U postgres -d "deploycheck_$region" \
+        -c "select email || ' ' || ssn from customers where tenant_id = '$tenant' order by id desc limit 1")
+    [[ "$stored" == byok1:* && "$stored" != *"$MARK"* ]] || { echo "$tenant: stored '$stored'" >&2; exit 1; }
+    echo "$tenant ($region): round trip ok, stored ${stored:0:40}..."
+done
 
 echo "--- byokpg check on the k8s ConfigMap's byokpg.toml (its hosts do not exist here)"
 export BYOKPG_APP_PASSWORD=x PG_US_PASSWORD=x PG_EU_PASSWORD=x PG_APAC_PASSWORD=x
