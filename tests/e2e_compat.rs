@@ -79,8 +79,9 @@ impl Compat {
     }
 
     /// Runs a tests/clients script with PROXY_DSN DIRECT_DSN TABLE MARKER
-    /// (and `extra`), expects `ok_line`, then checks the stored rows.
-    fn python(&self, module: &str, script: &str, extra: &[&str], ok_line: &str) {
+    /// (and `extra`), expects `ok_line`, then checks the stored rows: exactly
+    /// `rows` of them (a refused statement must have stored nothing).
+    fn python(&self, module: &str, script: &str, extra: &[&str], ok_line: &str, rows: usize) {
         let python = python_with(module);
         let path = common::repo_root().join("tests/clients").join(script);
         let out = common::run(
@@ -94,8 +95,7 @@ impl Compat {
         );
         let stdout = assert_success(script, &out);
         assert!(stdout.contains(ok_line), "{script}: {stdout}");
-        let rows = block_on(self.assert_stored());
-        assert!(rows >= 6, "{script} left only {rows} rows");
+        assert_eq!(block_on(self.assert_stored()), rows, "{script}: rows stored");
     }
 }
 
@@ -129,6 +129,7 @@ fn psycopg_with_server_side_prepare() {
         "compat_psycopg.py",
         &["prepared"],
         "psycopg prepared: ok",
+        8,
     );
 }
 
@@ -139,17 +140,18 @@ fn psycopg_without_server_side_prepare() {
         "compat_psycopg.py",
         &["unprepared"],
         "psycopg unprepared: ok",
+        8,
     );
 }
 
 #[test]
 fn asyncpg() {
-    Compat::new().python("asyncpg", "compat_asyncpg.py", &[], "asyncpg: ok");
+    Compat::new().python("asyncpg", "compat_asyncpg.py", &[], "asyncpg: ok", 10);
 }
 
 #[test]
 fn sqlalchemy_orm() {
-    Compat::new().python("sqlalchemy", "compat_sqlalchemy.py", &[], "sqlalchemy: ok");
+    Compat::new().python("sqlalchemy", "compat_sqlalchemy.py", &[], "sqlalchemy: ok", 6);
 }
 
 #[test]

@@ -1,17 +1,23 @@
 """SQLAlchemy 2 ORM (psycopg 3 driver) through byokpg on a protected table.
 
 Usage: compat_sqlalchemy.py PROXY_DSN DIRECT_DSN TABLE MARKER
-A declarative mapped class over TABLE; Session.add_all + commit (SQLAlchemy's
-batched "insertmanyvalues" INSERT ... RETURNING), select() by primary key and
-by the deterministic column, attribute update + commit (UPDATE ... WHERE id),
-a bulk update() statement, and a refresh. See compat_common.py for the table.
-Prints "sqlalchemy: ok".
+A declarative mapped class over TABLE; Session.add_all + commit, Session.get,
+select() by the deterministic column (== and in_), attribute update + commit
+(UPDATE ... WHERE id), a bulk update() statement, and a refresh. See
+compat_common.py for the table. Prints "sqlalchemy: ok".
+
+SQLAlchemy's default batched insert ("insertmanyvalues") sends
+INSERT ... SELECT ... FROM (VALUES ...) ORDER BY ... RETURNING, which byokpg
+refuses (0A000: it encrypts only VALUES literals and parameters). The script
+checks that refusal (nothing is stored), then uses the documented setting
+create_engine(..., use_insertmanyvalues=False): one INSERT ... RETURNING per row.
 """
 
 from sqlalchemy import String, create_engine, select, update
+from sqlalchemy.exc import NotSupportedError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from compat_common import args, check_eq, check_stored, row
+from compat_common import args, check_eq, check_stored, fail, row
 
 
 class Base(DeclarativeBase):
@@ -22,7 +28,6 @@ def mapped(table):
     class Customer(Base):
         __tablename__ = table
         id: Mapped[int] = mapped_column(primary_key=True)
-        tenant_id: Mapped[str | None] = mapped_column(String)
         email: Mapped[str | None] = mapped_column(String)
         ssn: Mapped[str | None] = mapped_column(String)
         notes: Mapped[str | None] = mapped_column(String)
@@ -35,11 +40,26 @@ def as_tuple(c):
     return (c.email, c.ssn, c.notes, c.plain)
 
 
+def refused_by_default(client, engine, Customer, marker):
+    """The default batched INSERT is refused as a whole, with SQLSTATE 0A000."""
+    with Session(engine) as s:
+        s.add_all([Customer(email=f"{marker}-batch{i}@example.com", ssn=f"{marker}-b{i}",
+                            plain=f"plain-b{i}") for i in range(2)])
+        try:
+            s.commit()
+            fail(client, "the default insertmanyvalues INSERT was accepted")
+        except NotSupportedError as e:
+            check_eq(client, getattr(e.orig, "sqlstate", None), "0A000", "refusal SQLSTATE")
+            s.rollback()
+    engine.dispose()
+
+
 def run(dsn, table, marker):
     client = "sqlalchemy"
     Customer = mapped(table)
     url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = create_engine(url)
+    refused_by_default(client, create_engine(url), Customer, marker)
+    engine = create_engine(url, use_insertmanyvalues=False)
     rows = [row(marker, "s", i) for i in range(6)]
     with Session(engine) as s:
         objs = [Customer(email=e, ssn=n, notes=t, plain=p) for e, n, t, p in rows]
