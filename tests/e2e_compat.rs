@@ -95,7 +95,11 @@ impl Compat {
         );
         let stdout = assert_success(script, &out);
         assert!(stdout.contains(ok_line), "{script}: {stdout}");
-        assert_eq!(block_on(self.assert_stored()), rows, "{script}: rows stored");
+        assert_eq!(
+            block_on(self.assert_stored()),
+            rows,
+            "{script}: rows stored"
+        );
     }
 }
 
@@ -151,7 +155,13 @@ fn asyncpg() {
 
 #[test]
 fn sqlalchemy_orm() {
-    Compat::new().python("sqlalchemy", "compat_sqlalchemy.py", &[], "sqlalchemy: ok", 6);
+    Compat::new().python(
+        "sqlalchemy",
+        "compat_sqlalchemy.py",
+        &[],
+        "sqlalchemy: ok",
+        6,
+    );
 }
 
 #[test]
@@ -201,7 +211,13 @@ fn pgbench_protected_table_all_query_modes() {
     for mode in modes {
         // Simple mode pastes the variable into the SQL text: it must be a
         // quoted literal there. The other modes send it as a parameter.
-        let q = |v: String| if mode == "simple" { format!("'{v}'") } else { v };
+        let q = |v: String| {
+            if mode == "simple" {
+                format!("'{v}'")
+            } else {
+                v
+            }
+        };
         let vars = [
             format!("email={}", q(format!("{m}-{mode}@example.com"))),
             format!("ssn={}", q(format!("{m}-ssn-{mode}"))),
@@ -209,8 +225,18 @@ fn pgbench_protected_table_all_query_modes() {
             format!("notes2={}", q(format!("{m} second {mode}"))),
         ];
         let mut cmd = Command::new("pgbench");
-        cmd.args(["-n", "-t", "10", "-c", "2", "-M", mode, "-f", "compat.pgbench"])
-            .current_dir(c.proxy.dir());
+        cmd.args([
+            "-n",
+            "-t",
+            "10",
+            "-c",
+            "2",
+            "-M",
+            mode,
+            "-f",
+            "compat.pgbench",
+        ])
+        .current_dir(c.proxy.dir());
         for v in &vars {
             cmd.arg("-D").arg(v);
         }

@@ -17,7 +17,12 @@ fn plain(m: &str, i: usize) -> (String, String, Option<String>, String) {
     )
 }
 
-type Stored = (Option<String>, Option<String>, Option<String>, Option<String>);
+type Stored = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 async fn select_by_id(conn: &mut PgConnection, t: &str, id: i32) -> Stored {
     let sql = format!("select email, ssn, notes, plain from {t} where id = $1");
@@ -38,7 +43,8 @@ async fn select_by_id(conn: &mut PgConnection, t: &str, id: i32) -> Stored {
 /// update, and a simple-protocol read, all checked against the plaintext.
 pub async fn round_trips(dsn: &str, t: &str, m: &str) {
     let mut conn = PgConnection::connect(dsn).await.expect("sqlx connect");
-    let insert = format!("insert into {t} (email, ssn, notes, plain) values ($1, $2, $3, $4) returning id");
+    let insert =
+        format!("insert into {t} (email, ssn, notes, plain) values ($1, $2, $3, $4) returning id");
     let mut ids = Vec::new();
     for i in 0..ROWS {
         let (email, ssn, notes, pl) = plain(m, i);
@@ -71,12 +77,14 @@ pub async fn round_trips(dsn: &str, t: &str, m: &str) {
         assert_eq!(found, [*id], "sqlx: lookup of row {i} by email");
     }
     let new_ssn = format!("{m}-ssn-x-updated");
-    let done = sqlx::query(&format!("update {t} set ssn = $1, notes = null where email = $2"))
-        .bind(&new_ssn)
-        .bind(plain(m, 2).0)
-        .execute(&mut conn)
-        .await
-        .expect("sqlx update");
+    let done = sqlx::query(&format!(
+        "update {t} set ssn = $1, notes = null where email = $2"
+    ))
+    .bind(&new_ssn)
+    .bind(plain(m, 2).0)
+    .execute(&mut conn)
+    .await
+    .expect("sqlx update");
     assert_eq!(done.rows_affected(), 1);
     let (email, _, _, pl) = plain(m, 2);
     assert_eq!(
