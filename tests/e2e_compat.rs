@@ -23,15 +23,15 @@ const USER: &str = "acme_app";
 const REGION: &str = "eu";
 
 /// A protected table in acme's region and a SCRAM proxy with its policy.
-pub struct Compat {
-    pub proxy: Proxy,
-    pub table: String,
+struct Compat {
+    proxy: Proxy,
+    table: String,
     /// In every protected plaintext; never in the table name.
-    pub marker: String,
+    marker: String,
 }
 
 impl Compat {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let table = unique_name("compat");
         let marker = unique_name("pt");
         common::run_async({
@@ -54,13 +54,13 @@ impl Compat {
         }
     }
 
-    pub fn dsn(&self) -> String {
+    fn dsn(&self) -> String {
         self.proxy
             .dsn(USER, &self.proxy.password(USER), Some("acme"))
     }
 
     /// Asserts what the region database holds; returns the number of rows.
-    pub async fn assert_stored(&self) -> usize {
+    async fn assert_stored(&self) -> usize {
         let d = direct_client(REGION).await;
         let sql = format!("select email, ssn, notes, plain from {} ", self.table);
         let rows = d.query(&sql, &[]).await.expect("direct read of the table");
