@@ -12,7 +12,7 @@ fn plain(m: &str, i: usize) -> (String, String, Option<String>, String) {
     (
         format!("{m}-x{i}@example.com"),
         format!("{m}-ssn-x-{i}"),
-        (i % 3 != 0).then(|| format!("{m} note {i} ünïcødé")),
+        (!i.is_multiple_of(3)).then(|| format!("{m} note {i} ünïcødé")),
         format!("plain-x-{i}"),
     )
 }
@@ -53,7 +53,7 @@ pub async fn round_trips(dsn: &str, t: &str, m: &str) {
             .bind(ssn)
             .bind(notes)
             .bind(pl)
-            .persistent(i % 4 != 0)
+            .persistent(!i.is_multiple_of(4))
             .fetch_one(&mut conn)
             .await
             .expect("sqlx insert");
