@@ -165,12 +165,19 @@ async fn retire(
     let skipped = walk::versions_in_skipped(client, tenant, tables)
         .await
         .map_err(|e| db(&e))?;
+    let still_used = walk::versions_in_walked(client, tenant, tables)
+        .await
+        .map_err(|e| db(&e))?;
     for k in keys
         .iter()
         .filter(|k| k.status == super::KeyStatus::Previous)
     {
         let why = if unmoved.contains(&k.version) {
             Some("values under it could not be re-encrypted (see the log)".to_owned())
+        } else if let Some(t) = still_used.get(&k.version) {
+            Some(format!(
+                "{t} still has values under it (written during the last pass); run `byokpg keys reencrypt` again"
+            ))
         } else {
             match &skipped {
                 Some(set) => set

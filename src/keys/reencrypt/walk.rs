@@ -232,30 +232,59 @@ pub async fn versions_in_skipped(
         if t.tenant_col.is_none() {
             return Ok(None);
         }
-        let parts: Vec<String> = t
-            .cols
-            .iter()
-            .map(|c| {
-                format!(
-                    "SELECT {} AS v FROM {} WHERE {}",
-                    version_expr(c),
-                    t.qualified,
-                    t.tenant_filter()
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT DISTINCT v FROM ({}) u WHERE v IS NOT NULL",
-            parts.join(" UNION ALL ")
-        );
-        for r in client.query(&sql, &[&tenant]).await? {
-            let v: i64 = r.get(0);
-            if let Ok(v) = u32::try_from(v) {
-                out.entry(v).or_insert_with(|| t.display.clone());
-            }
+        for v in table_versions(client, tenant, t).await? {
+            out.entry(v).or_insert_with(|| t.display.clone());
         }
     }
     Ok(Some(out))
+}
+
+/// Versions the tenant's rows still use in the walked tables, with one
+/// table using each: checked again right before retiring, so a version is
+/// never retired while a row still needs it (rows written under it after
+/// the last pass, or any the walk missed).
+pub async fn versions_in_walked(
+    client: &Client,
+    tenant: &str,
+    tables: &[Table],
+) -> Result<BTreeMap<u32, String>, tokio_postgres::Error> {
+    let mut out = BTreeMap::new();
+    for (_, t) in walked(tables) {
+        for v in table_versions(client, tenant, t).await? {
+            out.entry(v).or_insert_with(|| t.display.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The DEK versions of the tenant's values in one table.
+async fn table_versions(
+    client: &Client,
+    tenant: &str,
+    t: &Table,
+) -> Result<Vec<u32>, tokio_postgres::Error> {
+    let parts: Vec<String> = t
+        .cols
+        .iter()
+        .map(|c| {
+            format!(
+                "SELECT {} AS v FROM {} WHERE {}",
+                version_expr(c),
+                t.qualified,
+                t.tenant_filter()
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT DISTINCT v FROM ({}) u WHERE v IS NOT NULL",
+        parts.join(" UNION ALL ")
+    );
+    Ok(client
+        .query(&sql, &[&tenant])
+        .await?
+        .iter()
+        .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
+        .collect())
 }
 
 /// A stored value as read.
