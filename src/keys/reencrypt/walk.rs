@@ -102,10 +102,14 @@ impl Table {
     }
 
     fn select_sql(&self, target: u32, after: bool, limit: u32) -> String {
+        // Aliased: an output column named like the key (`id::text` is named
+        // `id`) would make `ORDER BY id` sort by the text form, and the
+        // keyset `(id) > $2` (on the real column) would then skip rows.
         let keys: Vec<String> = self
             .key_cols()
             .iter()
-            .map(|k| format!("{k}::text"))
+            .enumerate()
+            .map(|(i, k)| format!("{k}::text AS byokpg_key_{i}"))
             .collect();
         let cols: Vec<&str> = self.cols.iter().map(|c| c.quoted.as_str()).collect();
         let keyset = if after {
