@@ -208,13 +208,15 @@ fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
     })
 }
 
+/// The config and a one-worker runtime, for the commands that run once
+/// (setup, guards, keys, kms-log, audit).
+fn one_shot(path: &std::path::Path) -> Result<(config::Config, tokio::runtime::Runtime), ExitCode> {
+    Ok((load_config(path)?, tokio_runtime(Some(1))?))
+}
+
 fn setup(path: &std::path::Path) -> ExitCode {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio_runtime(Some(1)) {
-        Ok(rt) => rt,
+    let (cfg, rt) = match one_shot(path) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     match rt.block_on(crate::setup::setup(&cfg)) {
@@ -232,12 +234,8 @@ fn setup(path: &std::path::Path) -> ExitCode {
 }
 
 fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio_runtime(Some(1)) {
-        Ok(rt) => rt,
+    let (cfg, rt) = match one_shot(path) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     match action {
@@ -272,12 +270,8 @@ fn guards(path: &std::path::Path, action: &GuardsAction) -> ExitCode {
 
 fn keys(path: &std::path::Path, action: &KeysAction) -> ExitCode {
     use crate::keys::commands::{self, Format};
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio_runtime(Some(1)) {
-        Ok(rt) => rt,
+    let (cfg, rt) = match one_shot(path) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     match action {
@@ -332,12 +326,8 @@ fn kms_log(
             return ExitCode::from(2);
         }
     };
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio_runtime(Some(1)) {
-        Ok(rt) => rt,
+    let (cfg, rt) = match one_shot(path) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let f = match format {
@@ -348,12 +338,8 @@ fn kms_log(
 }
 
 fn audit(path: &std::path::Path, action: AuditAction) -> ExitCode {
-    let cfg = match load_config(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match tokio_runtime(Some(1)) {
-        Ok(rt) => rt,
+    let (cfg, rt) = match one_shot(path) {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let outcome = match action {

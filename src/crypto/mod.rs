@@ -31,8 +31,8 @@ pub use envelope::{
 };
 pub use field::{FieldCipher, HKDF_SALT};
 pub use text::{
-    TEXT_CIPHERTEXT_REGEX, TEXT_PREFIX, bytea_check_sql, decode_text, is_text_ciphertext,
-    text_check_sql,
+    TEXT_CIPHERTEXT_REGEX, TEXT_PREFIX, bytea_check_sql, decode_text, dek_version_sql,
+    is_text_ciphertext, text_check_sql,
 };
 
 /// How a column is encrypted (SPEC §5).

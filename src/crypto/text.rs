@@ -37,6 +37,26 @@ pub fn bytea_check_sql(quoted_col: &str) -> String {
 }
 
 /// `byok1:` + base64 → binary envelope (not yet authenticated).
+/// SQL for the DEK version in the clear header of a stored value (bytes
+/// 2..6 of the envelope, FORMAT.md §2): NULL for NULL and for anything that
+/// is not byokpg ciphertext. Text columns hold `byok1:` + base64, whose first
+/// 8 base64 characters are exactly those 6 header bytes.
+pub fn dek_version_sql(quoted_col: &str, bytea: bool) -> String {
+    let q = quoted_col;
+    let (h, ok) = if bytea {
+        (q.to_owned(), format!("length({q}) >= 6"))
+    } else {
+        (
+            format!("decode(substr({q}::text, 7, 8), 'base64')"),
+            format!("{q}::text LIKE 'byok1:%' AND length({q}::text) >= 14"),
+        )
+    };
+    format!(
+        "(CASE WHEN {ok} THEN (get_byte({h}, 2)::bigint << 24) | (get_byte({h}, 3) << 16) \
+         | (get_byte({h}, 4) << 8) | get_byte({h}, 5) END)"
+    )
+}
+
 pub fn decode_text(stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
     let body = stored
         .strip_prefix(TEXT_PREFIX.as_bytes())

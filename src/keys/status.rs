@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 
 use super::{KeyManager, KmsLogRow, StoredKey};
 use crate::config::{Config, TableConfig};
+use crate::crypto::dek_version_sql;
 use crate::guards::sql::{quote_ident, quote_qualified};
 
 /// One DEK version of a tenant.
@@ -253,22 +254,10 @@ async fn count_sql(client: &Client, table: &TableConfig) -> Result<Option<String
         .columns
         .keys()
         .filter_map(|c| {
-            let q = quote_ident(c);
-            let header = if type_of.get(c)? == "bytea" {
-                q.clone()
-            } else {
-                format!("decode(substr({q}::text, 7, 8), 'base64')")
-            };
-            let filter = if type_of.get(c)? == "bytea" {
-                format!("{q} IS NOT NULL AND length({q}) >= 6")
-            } else {
-                format!("{q}::text LIKE 'byok1:%'")
-            };
+            let version = dek_version_sql(&quote_ident(c), type_of.get(c)? == "bytea");
             Some(format!(
-                "SELECT ctid, (get_byte(h, 2)::bigint << 24) | (get_byte(h, 3) << 16) \
-                 | (get_byte(h, 4) << 8) | get_byte(h, 5) AS v \
-                 FROM (SELECT ctid, {header} AS h FROM {qualified} \
-                       WHERE {tenant_col} = $1 AND {filter}) s"
+                "SELECT ctid, v FROM (SELECT ctid, {version} AS v FROM {qualified} \
+                 WHERE {tenant_col} = $1) s WHERE v IS NOT NULL"
             ))
         })
         .collect();

@@ -46,19 +46,7 @@ pub struct Table {
 /// The clear DEK version of a stored value (NULL for NULL or a value that
 /// is not byokpg ciphertext), from the envelope header (FORMAT.md §2).
 fn version_expr(c: &Col) -> String {
-    let q = &c.quoted;
-    let (h, ok) = if c.bytea {
-        (q.clone(), format!("length({q}) >= 6"))
-    } else {
-        (
-            format!("decode(substr({q}::text, 7, 8), 'base64')"),
-            format!("{q}::text LIKE 'byok1:%' AND length({q}::text) >= 14"),
-        )
-    };
-    format!(
-        "(CASE WHEN {ok} THEN (get_byte({h}, 2)::bigint << 24) | (get_byte({h}, 3) << 16) \
-         | (get_byte({h}, 4) << 8) | get_byte({h}, 5) END)"
-    )
+    crypto::dek_version_sql(&c.quoted, c.bytea)
 }
 
 impl Table {
